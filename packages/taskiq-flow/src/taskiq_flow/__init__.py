@@ -47,7 +47,22 @@ _EXPORTS: dict[str, str] = {
     "StorageAdapterFactory": "taskiq_flow.factory",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CacheMiddleware",
+    "DataflowPipeline",
+    "DataflowRun",
+    "InMemoryCacheAdapter",
+    "InMemoryStorageAdapter",
+    "PipelineMiddleware",
+    "RedisCacheAdapter",
+    "RedisStorageAdapter",
+    "SQLiteStorageAdapter",
+    "StorageAdapterFactory",
+    "StorageEntry",
+    "StorageMiddleware",
+    "TaskiqFlowConfig",
+    "pipeline_task",
+]
 
 
 def __getattr__(name: str) -> Any:

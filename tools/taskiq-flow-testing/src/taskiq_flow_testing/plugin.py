@@ -46,7 +46,7 @@ def redis_url(_session_redis: str | None) -> Iterator[str]:
         redis_url_or_skip(f"Redis at {_session_redis} is not reachable: {exc}")
     finally:
         client.close()
-    yield _session_redis
+    return _session_redis
 
 
 @pytest.fixture

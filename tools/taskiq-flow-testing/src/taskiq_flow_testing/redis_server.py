@@ -60,13 +60,20 @@ class RedisServer:
         self._proc = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self._dir,
-                "--protected-mode", "no",
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -127,4 +134,3 @@ def redis_url_or_skip(reason: str) -> None:
     if _require():
         pytest.fail(f"{ENV_REQUIRE}=1 but {reason}", pytrace=False)
     pytest.skip(reason)
-

@@ -1,1 +1,60 @@
-"""taskiq_flow.middlewares."""
+"""taskiq middlewares: StorageMiddleware, CacheMiddleware and dataflow pipelines.
+
+Add them with ``broker.add_middlewares(CacheMiddleware(...), StorageMiddleware(...))``;
+nothing else is needed (no custom receiver, no CLI flag).
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from taskiq_flow.middlewares.cache import CacheMiddleware
+from taskiq_flow.middlewares.errors import CachedTaskError, MiddlewareError
+from taskiq_flow.middlewares.storage import StorageMiddleware, record_key
+
+if TYPE_CHECKING:
+    from taskiq_flow.middlewares.pipeline import (
+        DataflowPipeline,
+        DataflowRun,
+        PipelineDefinitionError,
+        PipelineError,
+        PipelineMiddleware,
+        PipelineStepError,
+        pipeline_task,
+    )
+
+_PIPELINE_NAMES = frozenset(
+    {
+        "DataflowPipeline",
+        "DataflowRun",
+        "PipelineDefinitionError",
+        "PipelineError",
+        "PipelineMiddleware",
+        "PipelineStepError",
+        "pipeline_task",
+    },
+)
+
+__all__ = [
+    "CacheMiddleware",
+    "CachedTaskError",
+    "DataflowPipeline",
+    "DataflowRun",
+    "MiddlewareError",
+    "PipelineDefinitionError",
+    "PipelineError",
+    "PipelineMiddleware",
+    "PipelineStepError",
+    "StorageMiddleware",
+    "pipeline_task",
+    "record_key",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the pipeline names on first use (the subpackage is larger than the rest)."""
+    if name in _PIPELINE_NAMES:
+        value = getattr(import_module("taskiq_flow.middlewares.pipeline"), name)
+        globals()[name] = value
+        return value
+    msg = f"module 'taskiq_flow.middlewares' has no attribute {name!r}"
+    raise AttributeError(msg)

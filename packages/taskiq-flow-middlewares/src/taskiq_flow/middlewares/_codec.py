@@ -1,0 +1,188 @@
+"""Encoding of cache payloads, cache keys and storage records.
+
+Everything goes through msgspec. Objects msgspec does not know natively but taskiq
+users return all the time (pydantic models) are lowered with ``model_dump(mode="json")``,
+which is also what taskiq's own result serializer does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from taskiq_dependencies import Depends
+
+from taskiq_flow.middlewares.errors import CachedTaskError
+
+logger = logging.getLogger("taskiq_flow.middlewares")
+
+__all__ = [
+    "CachedValue",
+    "ErrorInfo",
+    "Unencodable",
+    "cache_key_digest",
+    "decode_payload",
+    "encode_error_payload",
+    "encode_value_payload",
+    "error_info",
+    "rebuild_exception",
+    "to_json_text",
+]
+
+
+def _enc_hook(obj: Any) -> Any:
+    model_dump = getattr(obj, "model_dump", None)
+    if callable(model_dump):
+        return model_dump(mode="json")
+    msg = f"cannot encode objects of type {type(obj).__qualname__}"
+    raise NotImplementedError(msg)
+
+
+# Deterministic order: dict keys and sets are sorted, so equal arguments give equal bytes.
+_KEY_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook, order="deterministic")
+_PAYLOAD_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+class Unencodable(Exception):
+    """A value msgspec cannot encode; carries the reason."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An exception as stored: where its class lives, its message and its arguments."""
+
+    module: str
+    qualname: str
+    message: str
+    args: list[Any] = msgspec.field(default_factory=list)
+
+    @property
+    def type_name(self) -> str:
+        """``module.QualName`` of the exception class."""
+        return f"{self.module}.{self.qualname}"
+
+
+class CachedValue(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the cache holds for one task call: a return value or an error."""
+
+    value: Any = None
+    error: ErrorInfo | None = None
+
+
+_PAYLOAD_DECODER = msgspec.msgpack.Decoder(CachedValue)
+
+
+def _error_args(exc: BaseException) -> list[Any]:
+    try:
+        _PAYLOAD_ENCODER.encode(list(exc.args))
+    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError):
+        return [str(exc)]
+    return list(exc.args)
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe ``exc`` so that it can be stored and rebuilt later."""
+    cls = type(exc)
+    return ErrorInfo(
+        module=cls.__module__,
+        qualname=cls.__qualname__,
+        message=str(exc),
+        args=_error_args(exc),
+    )
+
+
+def encode_value_payload(value: Any) -> bytes:
+    """Encode a successful return value; raise :class:`Unencodable` if msgspec cannot."""
+    try:
+        return _PAYLOAD_ENCODER.encode(CachedValue(value=value))
+    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+        raise Unencodable(str(exc)) from exc
+
+
+def encode_error_payload(exc: BaseException) -> bytes:
+    """Encode a task error for ``cache_errors``."""
+    return _PAYLOAD_ENCODER.encode(CachedValue(error=error_info(exc)))
+
+
+def decode_payload(data: Any) -> CachedValue:
+    """Decode what :func:`encode_value_payload` wrote; ``ValueError`` if it is not that."""
+    if not isinstance(data, bytes):
+        msg = f"cache payload is {type(data).__qualname__}, not bytes"
+        raise ValueError(msg)
+    try:
+        return _PAYLOAD_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def rebuild_exception(info: ErrorInfo) -> BaseException:
+    """Rebuild a stored exception of the same class, without importing anything.
+
+    Only classes whose module is already imported are looked up (stored data must never
+    choose what code gets imported); anything else comes back as :class:`CachedTaskError`.
+    """
+    module = sys.modules.get(info.module)
+    if info.module == "builtins":
+        module = builtins
+    target: Any = module
+    for part in info.qualname.split("."):
+        if target is None or part.startswith("<"):
+            target = None
+            break
+        target = getattr(target, part, None)
+    if isinstance(target, type) and issubclass(target, Exception):
+        try:
+            return target(*info.args)
+        except Exception:  # a constructor with other needs: fall back below
+            logger.debug("cannot rebuild %s from its stored args", info.type_name)
+    return CachedTaskError(error_type=info.type_name, error_message=info.message)
+
+
+def _is_dependency(parameter: inspect.Parameter) -> bool:
+    return isinstance(parameter.default, Depends)
+
+
+def cache_key_digest(
+    func: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> str:
+    """Stable digest of one call's arguments: positional or keyword, order-free.
+
+    Arguments are bound to the task's signature (so ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)``
+    are one call); dependency-injected parameters are left out.
+
+    Raises:
+        Unencodable: an argument msgspec cannot encode.
+    """
+    try:
+        signature = inspect.signature(func)
+        bound = signature.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        canonical: Any = [args, kwargs]
+    else:
+        bound.apply_defaults()
+        canonical = {
+            name: value
+            for name, value in bound.arguments.items()
+            if not _is_dependency(signature.parameters[name])
+        }
+    try:
+        encoded = _KEY_ENCODER.encode(canonical)
+    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+        raise Unencodable(str(exc)) from exc
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
+def to_json_text(value: Any) -> str:
+    """JSON text of a return value (the record's ``return_value``); :class:`Unencodable` if not."""
+    try:
+        return _JSON_ENCODER.encode(value).decode()
+    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+        raise Unencodable(str(exc)) from exc

@@ -1,0 +1,126 @@
+"""The per-call labels: how they are read, validated and brought into a message.
+
+Labels reach a message three ways: at declaration (``@broker.task(cache_ttl=60)``), with
+``task.kicker().with_labels(...)``, and in the guide's form ``task.kiq(x, labels={...})``,
+which taskiq itself would pass to the function as a keyword argument named ``labels``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from taskiq import TaskiqMessage
+from taskiq.labels import prepare_label
+
+logger = logging.getLogger("taskiq_flow.middlewares")
+
+LABEL_CACHE = "cache"
+LABEL_CACHE_TTL = "cache_ttl"
+LABEL_CACHE_ERRORS = "cache_errors"
+LABEL_CACHE_KEY = "cache_key"
+LABEL_CACHE_HIT = "cache_hit"
+LABEL_PIPELINE_ID = "pipeline_id"
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(message: TaskiqMessage, label: str, default: bool) -> bool:
+    """Read a boolean label; a malformed value logs a warning and gives ``default``."""
+    raw = message.labels.get(label)
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    logger.warning(
+        "Task %s (%s): label %s=%r is not 'true' or 'false'; using %s.",
+        message.task_name,
+        message.task_id,
+        label,
+        raw,
+        default,
+    )
+    return default
+
+
+def parse_ttl(message: TaskiqMessage, default: int) -> int:
+    """Read ``cache_ttl`` (seconds, ``0`` = do not cache); malformed -> warning, ``default``."""
+    raw = message.labels.get(LABEL_CACHE_TTL)
+    if raw is None:
+        return default
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ValueError
+            ttl = int(raw)
+        else:
+            ttl = int(str(raw).strip())
+    except (TypeError, ValueError):
+        ttl = -1
+    if ttl < 0:
+        logger.warning(
+            "Task %s (%s): label %s=%r is not a whole number of seconds >= 0; using %s.",
+            message.task_name,
+            message.task_id,
+            LABEL_CACHE_TTL,
+            raw,
+            default,
+        )
+        return default
+    return ttl
+
+
+def _has_labels_parameter(func: Callable[..., Any] | None) -> bool:
+    if func is None:
+        return True  # unknown signature: never take an argument away from a task
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return True
+    return "labels" in parameters
+
+
+def lift_labels_kwarg(
+    message: TaskiqMessage,
+    func: Callable[..., Any] | None,
+    *,
+    wire_format: bool,
+) -> None:
+    """Move a ``labels={...}`` keyword argument into the message's labels.
+
+    Only when the task has no parameter named ``labels`` (then the argument is the
+    task's own and is left alone). These labels override the task's declared ones:
+    they were given for this one call (the guide's "override ... for this single
+    execution").
+
+    Args:
+        message: the message, changed in place.
+        func: the task function, for its signature (``None`` if unknown here).
+        wire_format: ``True`` before sending (values become taskiq's string labels with
+            their types), ``False`` in the worker after labels were parsed.
+    """
+    extra = message.kwargs.get("labels")
+    if not isinstance(extra, dict) or _has_labels_parameter(func):
+        return
+    del message.kwargs["labels"]
+    for name, value in extra.items():
+        if not isinstance(name, str):
+            continue
+        if wire_format:
+            text, label_type = prepare_label(value)
+            message.labels[name] = text
+            if message.labels_types is None:
+                message.labels_types = {}
+            message.labels_types[name] = label_type
+        else:
+            message.labels[name] = value

@@ -1,0 +1,383 @@
+"""CacheMiddleware: answer a repeated task call from the cache, without calling the function.
+
+taskiq gives a middleware no way to skip a task: ``pre_execute`` can only return a
+message, and the receiver then calls ``task.original_func``. So this middleware wraps
+``original_func`` of every task it sees (once, in place, keeping the signature for
+taskiq's parameter parsing and dependency injection) and hands each call its cache
+decision through a context variable set in ``pre_execute``:
+
+- async tasks: the wrapper is a coroutine function that asks the cache, which runs the
+  real function under the dogpile lock on a miss;
+- sync tasks: the wrapper stays a plain function, so taskiq still runs it in the worker's
+  executor; from that thread it asks the cache on the event loop, and when the cache
+  elects this call as the creator, the real function runs right here in the thread.
+
+A direct call of the function outside a worker (no message in context) goes straight to
+the original.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskiq import TaskiqMessage, TaskiqMiddleware
+from taskiq.abc.broker import AsyncBroker
+
+from taskiq_flow.cache import BaseCacheAdapter, CacheError, InMemoryCacheAdapter
+from taskiq_flow.middlewares import _codec, _labels
+
+__all__ = ["CacheMiddleware"]
+
+logger = logging.getLogger("taskiq_flow.middlewares")
+
+_WRAPPED_MARK = "__taskiq_flow_cache_wrapped__"
+
+
+@dataclass(eq=False)
+class _Call:
+    """The cache decision for one message, handed from pre_execute to the wrapper."""
+
+    middleware: CacheMiddleware
+    message: TaskiqMessage
+    key: str
+    ttl: int
+    cache_errors: bool
+    loop: asyncio.AbstractEventLoop
+    taken: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, task_name: str) -> bool:
+        """Claim this decision for the one call of ``task_name`` it was made for."""
+        if self.message.task_name != task_name:
+            return False
+        with self.lock:  # never held across an await: a flag flip only
+            if self.taken:
+                return False
+            self.taken = True
+            return True
+
+
+_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "taskiq_flow_cache_call",
+    default=None,
+)
+
+
+class _Uncacheable(Exception):
+    """The creator produced a value msgspec cannot encode: return it, cache nothing."""
+
+    def __init__(self, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.value = value
+
+
+class CacheMiddleware(TaskiqMiddleware):
+    """Cache task results so that a repeated call is answered without running the task.
+
+    Args:
+        cache: the cache adapter; ``None`` means a new :class:`InMemoryCacheAdapter`.
+        default_ttl: seconds a result stays cached, unless the ``cache_ttl`` label says
+            otherwise (``0`` = do not cache).
+        enabled: ``False`` turns the middleware into a no-op.
+        cache_errors: cache task errors by default (the ``cache_errors`` label overrides).
+
+    Labels (at declaration, with ``kicker().with_labels(...)``, or
+    ``task.kiq(..., labels={...})``): ``cache_ttl``, ``cache_errors``, ``cache``
+    (``"false"`` = bypass), ``cache_key`` (an explicit key). Results answered from the
+    cache carry the label ``cache_hit="true"``.
+    """
+
+    def __init__(
+        self,
+        cache: BaseCacheAdapter | None = None,
+        default_ttl: int = 3600,
+        enabled: bool = True,
+        *,
+        cache_errors: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl < 0:
+            msg = f"default_ttl must be a whole number of seconds >= 0, got {default_ttl!r}"
+            raise ValueError(msg)
+        if cache is not None and not isinstance(cache, BaseCacheAdapter):
+            msg = f"cache must be a BaseCacheAdapter, got {type(cache).__qualname__}"
+            raise TypeError(msg)
+        self.cache: BaseCacheAdapter = cache if cache is not None else InMemoryCacheAdapter()
+        self.default_ttl = default_ttl
+        self.enabled = enabled
+        self.cache_errors = cache_errors
+        self._counters = {
+            "hits": 0,
+            "executions": 0,
+            "bypassed": 0,
+            "uncacheable_args": 0,
+            "uncacheable_results": 0,
+            "cache_failures": 0,
+        }
+        self._warned_tasks: set[str] = set()
+
+    # -- taskiq hooks ----------------------------------------------------------------
+
+    def set_broker(self, broker: AsyncBroker) -> None:
+        """Remember the broker and wrap the tasks it already knows."""
+        super().set_broker(broker)
+        for task in broker.get_all_tasks().values():
+            self._wrap(task)
+
+    def startup(self) -> None:
+        """Wrap tasks registered after the middleware was added."""
+        for task in self.broker.get_all_tasks().values():
+            self._wrap(task)
+
+    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Bring ``kiq(..., labels={...})`` into the message's labels before it leaves."""
+        task = self.broker.find_task(message.task_name)
+        func = _original(task.original_func) if task is not None else None
+        _labels.lift_labels_kwarg(message, func, wire_format=True)
+        return message
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Decide how this message uses the cache; make sure its task is wrapped."""
+        _CURRENT.set(None)
+        task = self.broker.find_task(message.task_name)
+        if task is None:
+            return message
+        func = _original(task.original_func)
+        _labels.lift_labels_kwarg(message, func, wire_format=False)
+        self._wrap(task)
+        decision = self._decide(message, func)
+        if decision is None:
+            self._counters["bypassed"] += 1
+        _CURRENT.set(decision)
+        return message
+
+    async def shutdown(self) -> None:
+        """Close the cache adapter."""
+        await self.cache.close()
+
+    # -- statistics --------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """The cache's statistics plus this middleware's own counters."""
+        stats = dict(self.cache.get_stats())
+        stats["middleware"] = dict(self._counters)
+        return stats
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _decide(self, message: TaskiqMessage, func: Callable[..., Any]) -> _Call | None:
+        if not self.enabled:
+            return None
+        if not _labels.parse_bool(message, _labels.LABEL_CACHE, default=True):
+            return None
+        ttl = _labels.parse_ttl(message, self.default_ttl)
+        if ttl == 0:
+            return None
+        cache_errors = _labels.parse_bool(
+            message,
+            _labels.LABEL_CACHE_ERRORS,
+            default=self.cache_errors,
+        )
+        explicit = message.labels.get(_labels.LABEL_CACHE_KEY)
+        if explicit is not None and str(explicit):
+            key = f"{message.task_name}:key:{explicit}"
+        else:
+            try:
+                digest = _codec.cache_key_digest(func, message.args, message.kwargs)
+            except _codec.Unencodable as exc:
+                self._counters["uncacheable_args"] += 1
+                self._warn_once(
+                    message.task_name,
+                    "Task %s runs uncached: its arguments cannot be encoded (%s).",
+                    exc,
+                )
+                return None
+            key = f"{message.task_name}:{digest}"
+        return _Call(
+            middleware=self,
+            message=message,
+            key=key,
+            ttl=ttl,
+            cache_errors=cache_errors,
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _warn_once(self, task_name: str, template: str, detail: object) -> None:
+        if task_name in self._warned_tasks:
+            return
+        self._warned_tasks.add(task_name)
+        logger.warning(template, task_name, detail)
+
+    def _wrap(self, task: Any) -> None:
+        func = task.original_func
+        if getattr(func, _WRAPPED_MARK, False):
+            return
+        task.original_func = _make_wrapper(task.task_name, func)
+
+    async def _resolve(self, call: _Call, run: Callable[[], Awaitable[Any]]) -> Any:
+        """Answer ``call`` from the cache, or run it (once across workers) and cache it."""
+        # What this call's own execution produced, if the cache elected it as creator:
+        # the caller gets the original object (or exception), not a decoded copy.
+        own: list[Any] = []
+        own_error: list[BaseException] = []
+
+        async def creator() -> bytes:
+            self._counters["executions"] += 1
+            try:
+                value = await run()
+            except Exception as exc:
+                own_error.append(exc)
+                if not call.cache_errors:
+                    raise
+                return _codec.encode_error_payload(exc)
+            own.append(value)
+            try:
+                return _codec.encode_value_payload(value)
+            except _codec.Unencodable as exc:
+                raise _Uncacheable(value, str(exc)) from exc
+
+        try:
+            payload = await self.cache.get_or_create(
+                call.key,
+                creator,
+                ttl_seconds=call.ttl,
+                fallback_on_error=True,
+            )
+        except _Uncacheable as exc:
+            self._counters["uncacheable_results"] += 1
+            self._warn_once(
+                call.message.task_name,
+                "Task %s: its result cannot be encoded, so it is not cached (%s).",
+                exc,
+            )
+            # A waiter in this process gets the creator's very object.
+            return exc.value
+        except CacheError:
+            self._counters["cache_failures"] += 1
+            if own or own_error:
+                # Our own run finished; only the cache write failed.
+                logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
+                if own_error:
+                    raise own_error[0] from None
+                return own[0]
+            logger.warning(
+                "Cache unavailable for task %s; running it uncached.",
+                call.message.task_name,
+                exc_info=True,
+            )
+            self._counters["executions"] += 1
+            return await run()
+        if own_error:
+            raise own_error[0]
+        if own:
+            return own[0]
+        return await self._hit(call, payload, run)
+
+    async def _hit(self, call: _Call, payload: Any, run: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            cached = _codec.decode_payload(payload)
+        except ValueError:
+            logger.warning("Corrupt cache entry under %s; running the task.", call.key)
+            self._counters["executions"] += 1
+            return await run()
+        self._counters["hits"] += 1
+        call.message.labels[_labels.LABEL_CACHE_HIT] = "true"
+        if cached.error is not None:
+            raise _codec.rebuild_exception(cached.error)
+        return cached.value
+
+
+def _original(func: Callable[..., Any]) -> Callable[..., Any]:
+    return getattr(func, "__taskiq_flow_original__", func)
+
+
+def _make_wrapper(task_name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            call = _CURRENT.get()
+            if call is None or not call.take(task_name):
+                return await func(*args, **kwargs)
+
+            async def run() -> Any:
+                return await func(*args, **kwargs)
+
+            return await call.middleware._resolve(call, run)
+
+        wrapper: Callable[..., Any] = async_wrapper
+    else:
+
+        @functools.wraps(func)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            call = _CURRENT.get()
+            if call is None or not call.take(task_name):
+                return func(*args, **kwargs)
+            return _run_sync_call(call, func, args, kwargs)
+
+        wrapper = sync_wrapper
+    setattr(wrapper, _WRAPPED_MARK, True)
+    setattr(wrapper, "__taskiq_flow_original__", func)  # noqa: B010
+    return wrapper
+
+
+def _run_sync_call(
+    call: _Call,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run a sync task's cache dance from its executor thread.
+
+    The cache lives on the event loop; the function must run here, in the worker's
+    thread. When the cache elects this call to create the value, the loop asks this
+    thread to run the function and waits for the answer.
+    """
+    loop = call.loop
+    if _in_loop_thread(loop):
+        # Called on the loop itself (no executor): nothing may block here.
+        return func(*args, **kwargs)
+    inbox: queue.SimpleQueue[tuple[str, asyncio.Future[Any] | None]] = queue.SimpleQueue()
+
+    async def run() -> Any:
+        answer: asyncio.Future[Any] = loop.create_future()
+        inbox.put(("run", answer))
+        return await answer
+
+    outer = asyncio.run_coroutine_threadsafe(call.middleware._resolve(call, run), loop)
+    outer.add_done_callback(lambda _: inbox.put(("done", None)))
+    while True:
+        kind, answer = inbox.get()
+        if kind == "done" or answer is None:
+            return outer.result()
+        try:
+            produced = func(*args, **kwargs)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, answer, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, answer, produced, None)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -1,0 +1,256 @@
+"""StorageMiddleware: one record per task execution, in any storage adapter.
+
+A record is written in ``post_execute``, i.e. before taskiq saves the result: whoever
+sees a result can read its record (DESIGN.md §4 says "after each result is saved";
+``docs/middlewares.md`` explains why we write just before instead).
+
+A storage failure never reaches the worker: the record goes into a bounded in-memory
+buffer that a background task retries with exponential backoff and flushes on
+shutdown; errors are logged once per interval, not once per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+
+from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
+
+__all__ = ["StorageMiddleware", "record_key"]
+
+logger = logging.getLogger("taskiq_flow.middlewares")
+
+
+def record_key(task_id: str, pipeline_id: str | None = None) -> str:
+    """The storage key of a task's record: ``pipeline:{pid}:task:{tid}`` or ``task:{tid}``."""
+    if pipeline_id:
+        return f"pipeline:{pipeline_id}:task:{task_id}"
+    return f"task:{task_id}"
+
+
+class StorageMiddleware(TaskiqMiddleware):
+    """Store every task result as a record in a storage adapter.
+
+    Args:
+        storage: the adapter; ``None`` means a new :class:`InMemoryStorageAdapter`.
+        enabled: ``False`` turns the middleware into a no-op.
+        ttl_seconds: how long records live; ``None`` = the adapter's default TTL.
+        store_cache_hits: also store a record when the result came from the cache
+            (pipeline steps always are, flagged ``"cached": true``).
+        buffer_size: records kept for retry while the storage is unreachable; past it
+            the oldest are dropped (counted in ``records_dropped`` and logged).
+        retry_interval: first delay before retrying buffered records (doubles on each
+            failure up to ``max_retry_interval``).
+        max_retry_interval: the longest delay between retries.
+        error_log_interval: at most one error log per this many seconds.
+        shutdown_flush_timeout: how long ``shutdown`` keeps trying to flush the buffer.
+    """
+
+    def __init__(
+        self,
+        storage: BaseStorageAdapter | None = None,
+        enabled: bool = True,
+        ttl_seconds: int | None = None,
+        *,
+        store_cache_hits: bool = False,
+        buffer_size: int = 10_000,
+        retry_interval: float = 0.5,
+        max_retry_interval: float = 30.0,
+        error_log_interval: float = 60.0,
+        shutdown_flush_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if storage is not None and not isinstance(storage, BaseStorageAdapter):
+            msg = f"storage must be a BaseStorageAdapter, got {type(storage).__qualname__}"
+            raise TypeError(msg)
+        if ttl_seconds is not None and (
+            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
+        ):
+            msg = f"ttl_seconds must be a whole number of seconds > 0 or None, got {ttl_seconds!r}"
+            raise ValueError(msg)
+        if buffer_size < 1:
+            msg = f"buffer_size must be >= 1, got {buffer_size!r}"
+            raise ValueError(msg)
+        self.storage: BaseStorageAdapter = (
+            storage if storage is not None else InMemoryStorageAdapter()
+        )
+        self.enabled = enabled
+        self.ttl_seconds = ttl_seconds
+        self.store_cache_hits = store_cache_hits
+        self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+        self.error_log_interval = error_log_interval
+        self.shutdown_flush_timeout = shutdown_flush_timeout
+        self._buffer: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._buffer_size = buffer_size
+        self._flusher: asyncio.Task[None] | None = None
+        self._last_error_log = float("-inf")
+        self._errors_since_log = 0
+        self._counters = {
+            "records_written": 0,
+            "write_failures": 0,
+            "records_retried": 0,
+            "records_dropped": 0,
+        }
+
+    # -- taskiq hooks --------------------------------------------------------------------
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Write the record of this execution (never raises)."""
+        if not self.enabled or isinstance(result.error, NoResultError):
+            return
+        try:
+            pipeline_id = message.labels.get(_labels.LABEL_PIPELINE_ID)
+            pipeline_id = str(pipeline_id) if pipeline_id not in (None, "") else None
+            cached = str(message.labels.get(_labels.LABEL_CACHE_HIT, "")).lower() == "true"
+            if cached and not self.store_cache_hits and pipeline_id is None:
+                return
+            key = record_key(message.task_id, pipeline_id)
+            record = build_record(message, result, pipeline_id=pipeline_id, cached=cached)
+            await self._write(key, record)
+        except Exception:
+            # Whatever went wrong, the task's own result must be saved: log and go on.
+            logger.exception("StorageMiddleware could not record task %s", message.task_id)
+
+    async def shutdown(self) -> None:
+        """Flush buffered records (bounded by ``shutdown_flush_timeout``)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        deadline = time.monotonic() + self.shutdown_flush_timeout
+        delay = 0.05
+        while self._buffer and time.monotonic() < deadline:
+            if await self._flush_once():
+                break
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+        if self._buffer:
+            logger.error(
+                "StorageMiddleware shut down with %d record(s) not written: storage unreachable.",
+                len(self._buffer),
+            )
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters: records written, write failures, retried, dropped, still buffered."""
+        return {**self._counters, "records_buffered": len(self._buffer)}
+
+    async def flush(self) -> bool:
+        """Try to write every buffered record now; ``True`` when the buffer is empty."""
+        return await self._flush_once()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _write(self, key: str, record: dict[str, Any]) -> None:
+        if self._buffer:
+            # Storage is known to be failing: keep order, let the flusher retry.
+            self._enqueue(key, record)
+            return
+        try:
+            await self.storage.set(key, record, ttl_seconds=self.ttl_seconds)
+        except StorageError as exc:
+            self._counters["write_failures"] += 1
+            self._log_failure(exc)
+            self._enqueue(key, record)
+        else:
+            self._counters["records_written"] += 1
+
+    def _enqueue(self, key: str, record: dict[str, Any]) -> None:
+        self._buffer[key] = record
+        self._buffer.move_to_end(key)
+        while len(self._buffer) > self._buffer_size:
+            dropped, _ = self._buffer.popitem(last=False)
+            self._counters["records_dropped"] += 1
+            logger.error("StorageMiddleware buffer full: dropped the record %s", dropped)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        delay = self.retry_interval
+        while self._buffer:
+            await asyncio.sleep(delay)
+            if await self._flush_once():
+                return
+            delay = min(delay * 2, self.max_retry_interval)
+
+    async def _flush_once(self) -> bool:
+        if not self._buffer:
+            return True
+        batch = dict(list(self._buffer.items())[:500])
+        try:
+            await self.storage.set_many(batch, ttl_seconds=self.ttl_seconds)
+        except StorageError as exc:
+            self._counters["write_failures"] += 1
+            self._log_failure(exc)
+            return False
+        for key, record in batch.items():
+            # A newer record may have replaced it while we were writing.
+            if self._buffer.get(key) is record:
+                del self._buffer[key]
+        self._counters["records_written"] += len(batch)
+        self._counters["records_retried"] += len(batch)
+        if not self._buffer:
+            logger.warning("StorageMiddleware: storage is back; buffered records written.")
+        return not self._buffer
+
+    def _log_failure(self, exc: BaseException) -> None:
+        self._errors_since_log += 1
+        now = time.monotonic()
+        if now - self._last_error_log < self.error_log_interval:
+            return
+        logger.error(
+            "StorageMiddleware: storage write failed (%d failure(s) since the last report; "
+            "%d record(s) buffered for retry): %s",
+            self._errors_since_log,
+            len(self._buffer) + 1,
+            exc,
+        )
+        self._last_error_log = now
+        self._errors_since_log = 0
+
+
+def build_record(
+    message: TaskiqMessage,
+    result: TaskiqResult[Any],
+    *,
+    pipeline_id: str | None,
+    cached: bool,
+) -> dict[str, Any]:
+    """The stored record of one execution (the guide's shape plus name, time, flags)."""
+    error: dict[str, Any] | None = None
+    return_value: str | None = None
+    if result.is_err and isinstance(result.error, BaseException):
+        info = _codec.error_info(result.error)
+        error = {"type": info.type_name, "message": info.message}
+    else:
+        try:
+            return_value = _codec.to_json_text(result.return_value)
+        except _codec.Unencodable as exc:
+            # The task succeeded; only its record cannot hold the value. Say so.
+            error = {
+                "type": "taskiq_flow.ReturnValueNotSerializable",
+                "message": f"return value of type {type(result.return_value).__qualname__} "
+                f"cannot be stored as JSON: {exc}",
+            }
+    record: dict[str, Any] = {
+        "task_id": message.task_id,
+        "pipeline_id": pipeline_id,
+        "task_name": message.task_name,
+        "is_err": bool(result.is_err),
+        "return_value": return_value,
+        "error": error,
+        "execution_time": float(result.execution_time),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+    if cached:
+        record["cached"] = True
+    return record

@@ -1,0 +1,417 @@
+"""CacheMiddleware through a real taskiq InMemoryBroker: execution counts, labels, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Annotated
+
+import pydantic
+import pytest
+from taskiq import Context, InMemoryBroker, TaskiqDepends
+from taskiq.middlewares import SimpleRetryMiddleware
+
+from taskiq_flow.cache import InMemoryCacheAdapter
+from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
+from taskiq_flow.storage import InMemoryStorageAdapter
+
+
+async def test_same_args_twice_runs_once(stack) -> None:
+    @stack.broker.task
+    async def double(x: int) -> int:
+        stack.runs["double"] += 1
+        return x * 2
+
+    first = await (await double.kiq(21)).wait_result(timeout=5)
+    second = await (await double.kiq(21)).wait_result(timeout=5)
+    assert first.return_value == second.return_value == 42
+    assert stack.runs["double"] == 1
+    assert second.labels.get("cache_hit") == "true"
+    assert "cache_hit" not in first.labels
+
+
+async def test_different_args_run_twice(stack) -> None:
+    @stack.broker.task
+    async def double(x: int) -> int:
+        stack.runs["double"] += 1
+        return x * 2
+
+    assert (await (await double.kiq(1)).wait_result(timeout=5)).return_value == 2
+    assert (await (await double.kiq(2)).wait_result(timeout=5)).return_value == 4
+    assert stack.runs["double"] == 2
+
+
+async def test_kwarg_order_and_positional_form_are_one_call(stack) -> None:
+    @stack.broker.task
+    async def sub(a: int, b: int, c: int = 10) -> int:
+        stack.runs["sub"] += 1
+        return a - b + c
+
+    results = [
+        await (await sub.kiq(a=5, b=2)).wait_result(timeout=5),
+        await (await sub.kiq(b=2, a=5)).wait_result(timeout=5),
+        await (await sub.kiq(5, 2)).wait_result(timeout=5),
+        await (await sub.kiq(5, b=2, c=10)).wait_result(timeout=5),
+    ]
+    assert [r.return_value for r in results] == [13, 13, 13, 13]
+    assert stack.runs["sub"] == 1
+
+
+async def test_cache_false_label_bypasses(stack) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    for _ in range(2):
+        await (await task.kicker().with_labels(cache="false").kiq(1)).wait_result(timeout=5)
+    assert stack.runs["t"] == 2
+
+
+async def test_cache_ttl_zero_does_not_cache(stack) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    for _ in range(2):
+        await (await task.kicker().with_labels(cache_ttl="0").kiq(1)).wait_result(timeout=5)
+    assert stack.runs["t"] == 2
+
+
+async def test_guide_labels_kwarg_form(stack) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x + 1
+
+    for _ in range(2):
+        res = await (await task.kiq(1, labels={"cache_ttl": "0"})).wait_result(timeout=5)
+        assert res.return_value == 2
+        assert not res.is_err
+    assert stack.runs["t"] == 2
+
+
+async def test_declaration_labels(stack) -> None:
+    @stack.broker.task(cache_ttl=0)
+    async def never(x: int) -> int:
+        stack.runs["never"] += 1
+        return x
+
+    @stack.broker.task(cache="false")
+    async def bypass(x: int) -> int:
+        stack.runs["bypass"] += 1
+        return x
+
+    for _ in range(2):
+        await (await never.kiq(1)).wait_result(timeout=5)
+        await (await bypass.kiq(1)).wait_result(timeout=5)
+    assert stack.runs == {"never": 2, "bypass": 2}
+
+
+async def test_per_call_labels_override_declaration(stack) -> None:
+    @stack.broker.task(cache_ttl=0)
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    for _ in range(2):
+        await (await task.kiq(1, labels={"cache_ttl": "60"})).wait_result(timeout=5)
+    assert stack.runs["t"] == 1
+
+
+async def test_task_with_its_own_labels_parameter_keeps_it(stack) -> None:
+    @stack.broker.task
+    async def tag(labels: dict[str, str]) -> list[str]:
+        stack.runs["tag"] += 1
+        return sorted(labels)
+
+    res = await (await tag.kiq(labels={"cache_ttl": "0", "b": "x"})).wait_result(timeout=5)
+    assert res.return_value == ["b", "cache_ttl"]
+    await (await tag.kiq(labels={"cache_ttl": "0", "b": "x"})).wait_result(timeout=5)
+    assert stack.runs["tag"] == 1  # cached: the dict was an argument, not labels
+
+
+async def test_ttl_expiry_runs_again(stack) -> None:
+    @stack.broker.task(cache_ttl=1)
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    await (await task.kiq(1)).wait_result(timeout=5)
+    await (await task.kiq(1)).wait_result(timeout=5)
+    assert stack.runs["t"] == 1
+    await asyncio.sleep(1.1)
+    await (await task.kiq(1)).wait_result(timeout=5)
+    assert stack.runs["t"] == 2
+
+
+async def test_raising_task_is_not_cached_by_default(stack) -> None:
+    @stack.broker.task
+    async def boom(x: int) -> int:
+        stack.runs["boom"] += 1
+        raise KeyError(x)
+
+    for _ in range(2):
+        res = await (await boom.kiq(1)).wait_result(timeout=5)
+        assert res.is_err
+        assert isinstance(res.error, KeyError)
+    assert stack.runs["boom"] == 2
+
+
+class DomainError(Exception):
+    pass
+
+
+async def test_cached_error_reraises_same_type(stack) -> None:
+    @stack.broker.task(cache_errors="true")
+    async def boom(x: int) -> int:
+        stack.runs["boom"] += 1
+        raise DomainError(f"bad {x}")
+
+    first = await (await boom.kiq(1)).wait_result(timeout=5)
+    second = await (await boom.kiq(1)).wait_result(timeout=5)
+    assert stack.runs["boom"] == 1
+    assert isinstance(first.error, DomainError)
+    assert isinstance(second.error, DomainError)
+    assert str(second.error) == "bad 1"
+    assert second.labels.get("cache_hit") == "true"
+    with pytest.raises(DomainError):
+        second.raise_for_error()
+
+
+async def test_malformed_labels_warn_and_use_default(stack, caplog) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    with caplog.at_level(logging.WARNING, logger="taskiq_flow.middlewares"):
+        for bad in ("abc", "-5", "1.5"):
+            res = await (await task.kicker().with_labels(cache_ttl=bad).kiq(1)).wait_result(
+                timeout=5,
+            )
+            assert res.return_value == 1
+            assert not res.is_err
+        res = await (await task.kicker().with_labels(cache_errors="maybe").kiq(1)).wait_result(
+            timeout=5,
+        )
+        assert not res.is_err
+    assert stack.runs["t"] == 1  # the default TTL applied: cached after the first run
+    assert "cache_ttl='abc'" in caplog.text
+    assert "cache_ttl='-5'" in caplog.text
+    assert "cache_errors='maybe'" in caplog.text
+
+
+async def test_unencodable_arguments_run_uncached_with_one_warning(stack, caplog) -> None:
+    @stack.broker.task
+    async def big(x: int) -> int:
+        stack.runs["big"] += 1
+        return 1
+
+    huge = 2**70  # JSON carries it; msgpack cannot
+    with caplog.at_level(logging.WARNING, logger="taskiq_flow.middlewares"):
+        for _ in range(3):
+            res = await (await big.kiq(huge)).wait_result(timeout=5)
+            assert res.return_value == 1
+    assert stack.runs["big"] == 3
+    warnings = [r for r in caplog.records if "arguments cannot be encoded" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+class Opaque:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+async def test_unencodable_return_value(stack) -> None:
+    @stack.broker.task
+    async def make(n: int) -> Opaque:
+        stack.runs["make"] += 1
+        return Opaque(n)
+
+    first = await (await make.kiq(3)).wait_result(timeout=5)
+    await (await make.kiq(3)).wait_result(timeout=5)
+    assert not first.is_err
+    assert isinstance(first.return_value, Opaque)
+    assert first.return_value.n == 3
+    assert stack.runs["make"] == 2  # nothing cached
+    record = await stack.storage.storage.get(f"task:{first.task_id}")
+    assert record["is_err"] is False
+    assert record["return_value"] is None
+    assert record["error"]["type"] == "taskiq_flow.ReturnValueNotSerializable"
+
+
+async def test_sync_task_runs_in_executor_and_is_cached(stack) -> None:
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    @stack.broker.task
+    def square(x: int) -> int:
+        threads.append(threading.get_ident())
+        stack.runs["square"] += 1
+        return x * x
+
+    results = [await (await square.kiq(7)).wait_result(timeout=5) for _ in range(3)]
+    assert [r.return_value for r in results] == [49, 49, 49]
+    assert stack.runs["square"] == 1
+    assert threads
+    assert all(t != loop_thread for t in threads)
+
+
+async def test_sync_task_error_and_cached_error(stack) -> None:
+    @stack.broker.task(cache_errors="true")
+    def fail(x: int) -> int:
+        stack.runs["fail"] += 1
+        raise ValueError(x)
+
+    for _ in range(2):
+        res = await (await fail.kiq(2)).wait_result(timeout=5)
+        assert isinstance(res.error, ValueError)
+    assert stack.runs["fail"] == 1
+
+
+async def test_taskiq_depends_still_injected(stack) -> None:
+    def multiplier() -> int:
+        return 3
+
+    @stack.broker.task
+    async def scaled(
+        x: int, m: Annotated[int, TaskiqDepends(multiplier)], ctx: Context = TaskiqDepends()
+    ) -> int:
+        stack.runs["scaled"] += 1
+        assert ctx.message.task_name.endswith("scaled")
+        return x * m
+
+    for _ in range(2):
+        assert (await (await scaled.kiq(5)).wait_result(timeout=5)).return_value == 15
+    assert stack.runs["scaled"] == 1
+
+
+class Point(pydantic.BaseModel):
+    x: int
+    y: int
+
+
+async def test_result_typed_by_return_annotation_on_a_hit(stack) -> None:
+    @stack.broker.task
+    async def point(x: int) -> Point:
+        stack.runs["p"] += 1
+        return Point(x=x, y=-x)
+
+    first = await (await point.kiq(4)).wait_result(timeout=5)
+    second = await (await point.kiq(4)).wait_result(timeout=5)
+    assert stack.runs["p"] == 1
+    assert isinstance(second.return_value, Point)
+    assert second.return_value == first.return_value == Point(x=4, y=-4)
+
+
+async def test_timeout_label_still_applies(stack) -> None:
+    @stack.broker.task(timeout=0.2)
+    async def slow(x: int) -> int:
+        stack.runs["slow"] += 1
+        await asyncio.sleep(5)
+        return x
+
+    res = await (await slow.kiq(1)).wait_result(timeout=5)
+    assert res.is_err
+    assert isinstance(res.error, TimeoutError)
+    res = await (await slow.kiq(1)).wait_result(timeout=5)
+    assert stack.runs["slow"] == 2  # a timeout is not cached
+
+
+async def test_direct_call_bypasses_cache(stack) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    await (await task.kiq(1)).wait_result(timeout=5)
+    assert await task(1) == 1
+    assert await task(1) == 1
+    assert stack.runs["t"] == 3
+
+
+async def test_concurrent_identical_tasks_execute_once() -> None:
+    broker = InMemoryBroker()  # callbacks run concurrently in background tasks
+    broker.add_middlewares(CacheMiddleware(InMemoryCacheAdapter()), StorageMiddleware())
+    runs = 0
+
+    @broker.task
+    async def slow(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.2)
+        return x + 1
+
+    await broker.startup()
+    try:
+        tasks = await asyncio.gather(*(slow.kiq(1) for _ in range(50)))
+        results = await asyncio.gather(*(t.wait_result(timeout=10) for t in tasks))
+    finally:
+        await broker.shutdown()
+    assert runs == 1
+    assert {r.return_value for r in results} == {2}
+    assert sum(r.labels.get("cache_hit") == "true" for r in results) == 49
+
+
+@pytest.mark.parametrize("order", ["retry_first", "retry_last"])
+async def test_retry_middleware_still_retries(order: str) -> None:
+    broker = InMemoryBroker(await_inplace=True)
+    retry = SimpleRetryMiddleware(default_retry_count=3)
+    cache_mw = CacheMiddleware(InMemoryCacheAdapter())
+    storage_mw = StorageMiddleware(InMemoryStorageAdapter())
+    if order == "retry_first":
+        broker.add_middlewares(retry, cache_mw, storage_mw)
+    else:
+        broker.add_middlewares(cache_mw, storage_mw, retry)
+    attempts = 0
+
+    @broker.task(retry_on_error=True)
+    async def flaky(x: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("first attempt fails")
+        return x
+
+    await broker.startup()
+    try:
+        task = await flaky.kiq(9)
+        await broker.wait_all()
+        res = await task.wait_result(timeout=5)
+        assert res.return_value == 9
+        assert attempts == 2
+        again = await (await flaky.kiq(9)).wait_result(timeout=5)
+        assert again.return_value == 9
+        assert attempts == 2  # the successful retry was cached
+        keys = await storage_mw.storage.keys("task:*")
+        assert keys == [f"task:{task.task_id}"]  # the retried failure left no record
+    finally:
+        await broker.shutdown()
+
+
+async def test_disabled_middleware_is_a_no_op() -> None:
+    broker = InMemoryBroker(await_inplace=True)
+    broker.add_middlewares(CacheMiddleware(enabled=False))
+    runs = 0
+
+    @broker.task
+    async def task(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        return x
+
+    await broker.startup()
+    for _ in range(2):
+        await (await task.kiq(1)).wait_result(timeout=5)
+    await broker.shutdown()
+    assert runs == 2
+
+
+def test_constructor_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="BaseCacheAdapter"):
+        CacheMiddleware(cache="redis://localhost")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="default_ttl"):
+        CacheMiddleware(default_ttl=-1)

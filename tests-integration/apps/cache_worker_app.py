@@ -1,0 +1,51 @@
+"""Worker app for the two-worker integration suite (imported by `taskiq worker`).
+
+Everything goes through Redis: the broker, the result backend, the cache and the store.
+The server is the test's private one, given by TASKIQ_FLOW_IT_REDIS_URL; the cache
+and the storage may point at separate servers (TASKIQ_FLOW_IT_STORAGE_URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import redis.asyncio as aioredis
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+
+from taskiq_flow.cache import RedisCacheAdapter
+from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
+from taskiq_flow.storage import RedisStorageAdapter
+
+REDIS_URL = os.environ["TASKIQ_FLOW_IT_REDIS_URL"]
+STORAGE_URL = os.environ.get("TASKIQ_FLOW_IT_STORAGE_URL", REDIS_URL)
+QUEUE = os.environ.get("TASKIQ_FLOW_IT_QUEUE", "taskiq_flow_it")
+
+broker = ListQueueBroker(REDIS_URL, queue_name=QUEUE).with_result_backend(
+    RedisAsyncResultBackend(REDIS_URL, result_ex_time=600),
+)
+broker.add_middlewares(
+    CacheMiddleware(cache=RedisCacheAdapter(redis_url=REDIS_URL, lock_timeout=5), default_ttl=600),
+    StorageMiddleware(
+        storage=RedisStorageAdapter(redis_url=STORAGE_URL),
+        retry_interval=0.1,
+        max_retry_interval=0.5,
+    ),
+)
+
+_counter = aioredis.from_url(REDIS_URL)
+
+
+@broker.task
+async def slow_square(x: int) -> int:
+    """Count each real execution in Redis, then take a while."""
+    await _counter.incr(f"it:runs:slow_square:{x}")
+    await asyncio.sleep(0.5)
+    return x * x
+
+
+@broker.task
+async def quick(x: int) -> int:
+    """Count executions; return at once."""
+    await _counter.incr("it:runs:quick")
+    return x + 1

@@ -1,0 +1,105 @@
+"""Real ``taskiq worker`` processes for integration tests.
+
+Each worker runs in its own process group: Redis stream/list broker workers are known
+not to exit on SIGTERM while idle, so stopping means SIGTERM to the group, a grace
+period, then SIGKILL to the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class WorkerProcess:
+    """One ``taskiq worker MODULE:BROKER`` process group."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        app_dir: Path,
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
+    ) -> None:
+        self.target = target
+        self.app_dir = app_dir
+        self.env = {**os.environ, **(env or {})}
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(app_dir), *filter(None, [os.environ.get("PYTHONPATH")])],
+        )
+        self.extra_args = list(extra_args)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: object = None
+
+    def start(self) -> WorkerProcess:
+        """Start the worker (one worker process, no reload)."""
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = log
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "taskiq",
+                "worker",
+                self.target,
+                "--workers",
+                "1",
+                "--log-level",
+                "WARNING",
+                *self.extra_args,
+            ],
+            cwd=self.app_dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's main process still runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the worker's whole process group."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM the group, wait ``grace`` seconds, then SIGKILL it."""
+        if self.proc is None:
+            return
+        self.kill(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        self.kill(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        if self._log is not None and hasattr(self._log, "close"):
+            self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
