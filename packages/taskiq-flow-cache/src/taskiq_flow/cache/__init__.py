@@ -1,1 +1,47 @@
-"""taskiq_flow.cache."""
+"""Caches with a dogpile lock that holds across processes.
+
+``InMemoryCacheAdapter`` for one process, ``RedisCacheAdapter`` (extra ``[redis]``,
+imported lazily) for many. Both share :mod:`taskiq_flow.cache.lock`: one backend read on a
+fresh hit, one creator per key on a miss, stale-while-revalidate, a leased and renewed
+cross-process lock on Redis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from taskiq_flow.cache.base import BaseCacheAdapter
+from taskiq_flow.cache.errors import (
+    CacheBackendError,
+    CacheConnectionError,
+    CacheError,
+    CacheLockTimeout,
+    CacheSerializationError,
+    CacheValueError,
+)
+from taskiq_flow.cache.memory import InMemoryCacheAdapter
+
+if TYPE_CHECKING:
+    from taskiq_flow.cache.redis import RedisCacheAdapter
+
+__all__ = [
+    "BaseCacheAdapter",
+    "CacheBackendError",
+    "CacheConnectionError",
+    "CacheError",
+    "CacheLockTimeout",
+    "CacheSerializationError",
+    "CacheValueError",
+    "InMemoryCacheAdapter",
+    "RedisCacheAdapter",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis adapter needs the optional `redis` client: import it only when asked for.
+    if name == "RedisCacheAdapter":
+        from taskiq_flow.cache.redis import RedisCacheAdapter  # noqa: PLC0415
+
+        return RedisCacheAdapter
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

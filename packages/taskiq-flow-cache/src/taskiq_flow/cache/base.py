@@ -1,0 +1,210 @@
+"""``BaseCacheAdapter``: the interface every cache backend implements.
+
+An adapter supplies storage (``get``/``set``/``delete``/``clear``) and the handful of lease
+primitives the dogpile lock needs (:class:`taskiq_flow.cache.lock.LockBackend`); the lock
+algorithm itself, ``get_or_create``, is written once in :mod:`taskiq_flow.cache.lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, Self
+
+from taskiq_flow.cache.errors import CacheValueError
+from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
+from taskiq_flow.cache.stats import CacheStats
+
+__all__ = ["BaseCacheAdapter", "check_key", "check_ttl"]
+
+
+def check_ttl(ttl: object, name: str = "ttl_seconds") -> int | None:
+    """Return ``ttl`` if it is ``None`` or a positive ``int``.
+
+    Raises:
+        CacheValueError: zero, negative, a float, a bool or any other type.
+    """
+    if ttl is None:
+        return None
+    if type(ttl) is not int or ttl <= 0:
+        msg = f"{name} must be a positive int (seconds) or None, got {ttl!r}"
+        raise CacheValueError(msg)
+    return ttl
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a non-empty ``str``.
+
+    Raises:
+        CacheValueError: an empty string or a non-string.
+    """
+    if isinstance(key, str) and key:
+        return key
+    msg = f"cache keys are non-empty strings, got {key!r}"
+    raise CacheValueError(msg)
+
+
+def check_seconds(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a positive number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        msg = f"{name} must be a positive number of seconds, got {value!r}"
+        raise CacheValueError(msg)
+    return float(value)
+
+
+class BaseCacheAdapter(ABC):
+    """A cache with a dogpile-protected ``get_or_create``.
+
+    Values are anything msgspec's msgpack encoder accepts, stored encoded (a later mutation
+    of the caller's object never changes a cached value). A stored ``None`` is a value.
+    TTLs are positive ints in seconds; ``None`` means the adapter's ``default_ttl`` (and a
+    ``default_ttl`` of ``None`` means "keep until evicted").
+
+    Args:
+        default_ttl: TTL used when a call passes none.
+        max_wait: seconds a caller waits for another caller's creator before
+            :class:`~taskiq_flow.cache.errors.CacheLockTimeout`.
+        fallback_on_error: default of ``get_or_create(fallback_on_error=...)``: when the
+            backend is down, call the creator uncached instead of raising.
+        stale_ttl: default soft-expiry window of ``get_or_create`` (see there).
+    """
+
+    default_ttl: int | None
+    _scope: str = "process"
+
+    def __init__(
+        self,
+        *,
+        default_ttl: int | None,
+        max_wait: float,
+        fallback_on_error: bool,
+        stale_ttl: int | None = None,
+    ) -> None:
+        self.default_ttl = check_ttl(default_ttl, "default_ttl")
+        self.default_stale_ttl = check_ttl(stale_ttl, "stale_ttl")
+        self.fallback_on_error = bool(fallback_on_error)
+        self._stats = CacheStats()
+        self._lock = DogpileLock(self, self._stats, max_wait=check_seconds(max_wait, "max_wait"))
+
+    # -- storage ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value under ``key`` (stale or not), or ``default``. One backend read."""
+
+    @abstractmethod
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``).
+
+        Raises:
+            CacheSerializationError: the value cannot be encoded; nothing is written.
+            CacheValueError: a bad key or TTL.
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was there."""
+
+    async def invalidate(self, key: str) -> bool:
+        """Alias of :meth:`delete`: drop ``key`` so the next ``get_or_create`` recreates it."""
+        return await self.delete(key)
+
+    @abstractmethod
+    async def clear(self) -> int:
+        """Remove every entry of this adapter (and nothing else); return how many."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- dogpile ---------------------------------------------------------------------------
+
+    async def get_or_create(
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None = None,
+        *,
+        stale_ttl: int | None = None,
+        fallback_on_error: bool | None = None,
+    ) -> Any:
+        """Return the cached value of ``key``, running ``creator`` once if there is none.
+
+        A fresh entry costs one backend read. On a miss exactly one caller (per key, across
+        every process sharing the backend) runs ``creator``; the others wait and receive its
+        value. A sync ``creator`` runs in a worker thread, an async one in the caller's task.
+
+        Args:
+            key: the cache key.
+            creator: zero-argument callable (sync or async) producing the value.
+            ttl_seconds: how long the value is fresh (``None``: ``default_ttl``).
+            stale_ttl: stale-while-revalidate window: for this many seconds after
+                ``ttl_seconds`` the old value is still served at once to every caller but
+                one, which regenerates it. ``None``: the adapter default (no window).
+            fallback_on_error: when the backend is unreachable, call ``creator`` uncached
+                instead of raising (``None``: the adapter default).
+
+        Raises:
+            CacheLockTimeout: waited ``max_wait`` seconds for another caller's creator.
+            CacheConnectionError: the backend is down (and no fallback was asked for).
+            CacheSerializationError: the creator's value cannot be encoded.
+            CacheValueError: a bad key or TTL.
+            Exception: whatever ``creator`` raised, unchanged (nothing is cached).
+        """
+        check_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
+        stale = self.default_stale_ttl if stale_ttl is None else check_ttl(stale_ttl, "stale_ttl")
+        if stale is not None and ttl is None:
+            msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
+            raise CacheValueError(msg)
+        fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
+        return await self._lock.get_or_create(key, creator, ttl, stale, fallback)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this adapter in this process.
+
+        Keys: ``hits``, ``misses``, ``hit_rate`` (hits / (hits + misses), 0.0 before any
+        lookup), ``stale_hits``, ``lock_waits``, ``lock_timeouts``, ``regenerations``,
+        ``errors`` (= ``creator_errors`` + ``backend_errors`` + ``corrupt_entries``) and
+        ``scope`` (``"process"``: counted by this adapter instance, not cluster-wide).
+        """
+        return self._stats.snapshot(self._scope)
+
+    # -- lease primitives (see taskiq_flow.cache.lock.LockBackend) ----------------------------
+
+    @property
+    def _lease_seconds(self) -> float | None:
+        return None
+
+    @property
+    def _poll_interval(self) -> float:
+        return 0.1
+
+    @abstractmethod
+    async def _read_raw(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult: ...
+
+    async def _renew_lease(self, key: str, token: str) -> bool:
+        return True
+
+    @abstractmethod
+    async def _commit(
+        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+    ) -> None: ...
+
+    async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
+        """Sleep ``within`` seconds; backends with a push wake-up override this."""
+        await asyncio.sleep(within)

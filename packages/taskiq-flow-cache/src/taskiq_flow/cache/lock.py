@@ -1,0 +1,384 @@
+"""The dogpile lock: one creator per key, in this process and across processes.
+
+dogpile.cache's ``Lock`` (``dogpile/lock.py``) elects one thread to run the creator while the
+others wait or keep returning the previous value. This is the same idea, async, with what a
+distributed cache needs on top:
+
+1. **Fresh hit** — one backend read (``_read_raw``), decode, return. No lock is touched.
+2. **Miss** — in-process *single flight*: the first caller for a key registers a future in
+   ``_flights``; every later caller in this process awaits that future (shielded, so one
+   waiter giving up never cancels the creation). Only the flight leader talks to the
+   backend's lease.
+3. **Lease** (``_acquire_lease``) — atomically: if a value appeared meanwhile, take it;
+   otherwise take the lease (Redis: ``SET NX PX`` with a unique token) or learn the
+   current holder's token. The holder runs the creator while a heartbeat renews the lease
+   every third of its period (compare-token-then-``PEXPIRE``), so a slow creator never
+   loses it. Commit writes the value, releases the lease only if the token still matches
+   and wakes the waiters, in one atomic step.
+4. **Waiting** (``_wait_for_release``) — a leader that lost the race blocks on a push
+   wake-up tied to the holder's token, bounded by ``poll_interval``; every wake-up or
+   poll re-runs step 3, so a holder that died (its lease lapsed) is replaced by exactly one
+   waiter within one lease period plus one poll. After ``max_wait`` it raises
+   :class:`CacheLockTimeout`.
+5. **Stale-while-revalidate** — an entry written with ``stale_ttl`` carries a soft expiry.
+   Past it, the one caller that wins the lease regenerates; everyone else (in this process:
+   anyone who sees a flight in progress; elsewhere: anyone who fails the lease) gets the
+   stale value at once. The backend keeps the entry until ``ttl + stale_ttl``.
+6. **Failure** — the creator's exception goes to the caller and to every in-process waiter
+   (the same object, so the same type); nothing is cached; the lease is released at once
+   and waiters in other processes are woken and retry (an exception cannot cross a
+   process boundary without pickle, which this package never uses).
+
+The algorithm is written once here and shared by both adapters through :class:`LockBackend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol
+
+from taskiq_flow.cache.codec import decode_entry, encode_entry
+from taskiq_flow.cache.errors import (
+    CacheBackendError,
+    CacheConnectionError,
+    CacheLockTimeout,
+)
+from taskiq_flow.cache.stats import CacheStats
+
+__all__ = ["Creator", "DogpileLock", "LeaseResult", "LockBackend", "call_creator"]
+
+logger = logging.getLogger("taskiq_flow.cache")
+
+Creator = Callable[[], Any] | Callable[[], Awaitable[Any]]
+"""A zero-argument callable producing the value: sync (run in a thread) or async."""
+
+_BACKEND_ERRORS = (CacheConnectionError, CacheBackendError)
+
+
+class LeaseResult(NamedTuple):
+    """Outcome of one lease attempt."""
+
+    payload: bytes | None
+    """The stored entry, when one appeared (only if the attempt asked to check)."""
+    acquired: bool
+    """Whether this caller now holds the lease."""
+    holder: str | None
+    """The current holder's token when the lease is taken by someone else."""
+
+
+class LockBackend(Protocol):
+    """What the lock needs from an adapter. Each method is one backend round trip."""
+
+    @property
+    def _lease_seconds(self) -> float | None:
+        """Lease period; ``None`` when there is no cross-process lease (in-memory)."""
+
+    @property
+    def _poll_interval(self) -> float:
+        """Longest a waiter blocks before it re-checks the value and the lease."""
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        """The stored entry bytes, or ``None``."""
+
+    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
+        """Return the value if present (when ``check_value``), else take or report the lease."""
+
+    async def _renew_lease(self, key: str, token: str) -> bool:
+        """Extend the lease if ``token`` still holds it."""
+
+    async def _commit(
+        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+    ) -> None:
+        """Store ``payload`` (unless ``None``), release the lease if held, wake waiters."""
+
+    async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
+        """Block until ``holder`` releases (push) or ``within`` seconds pass."""
+
+
+class _Request(NamedTuple):
+    """One validated ``get_or_create`` call."""
+
+    key: str
+    creator: Creator
+    ttl_seconds: int | None
+    stale_ttl: int | None
+    fallback_on_error: bool
+
+
+class _LeaderGone(Exception):
+    """The flight leader was cancelled: its in-process waiters start over."""
+
+
+async def call_creator(creator: Creator) -> Any:
+    """Run ``creator``: a coroutine function in this task, anything else in a thread.
+
+    Running sync creators with :func:`asyncio.to_thread` keeps the event loop (and so the
+    lease heartbeat) alive while they work; ``to_thread`` copies the caller's contextvars.
+    """
+    if inspect.iscoroutinefunction(creator):
+        return await creator()
+    result = await asyncio.to_thread(creator)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class DogpileLock:
+    """The get-or-create algorithm over a :class:`LockBackend` (see the module docstring).
+
+    Args:
+        backend: the adapter providing storage and lease primitives.
+        stats: counters to update.
+        max_wait: seconds a caller waits for another caller's creator before
+            :class:`CacheLockTimeout`.
+    """
+
+    def __init__(self, backend: LockBackend, stats: CacheStats, *, max_wait: float) -> None:
+        self._backend = backend
+        self._stats = stats
+        self.max_wait = max_wait
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+
+    async def get_or_create(
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None,
+        stale_ttl: int | None,
+        fallback_on_error: bool,
+    ) -> Any:
+        """Return the cached value for ``key``, creating it once if needed (validated args)."""
+        req = _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error)
+        stats = self._stats
+        try:
+            payload = await self._backend._read_raw(key)
+        except _BACKEND_ERRORS:
+            stats.backend_errors += 1
+            if not fallback_on_error:
+                raise
+            return await self._uncached(req)
+        corrupt = False
+        if payload is not None:
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                if entry.soft_expiry is None or time.time() < entry.soft_expiry:
+                    stats.hits += 1
+                    return entry.value
+                return await self._serve_stale(req, entry.value)
+            stats.corrupt_entries += 1
+            corrupt = True
+        stats.misses += 1
+        return await self._miss(req, corrupt=corrupt)
+
+    # -- miss: single flight, then the lease -------------------------------------------
+
+    async def _miss(self, req: _Request, *, corrupt: bool) -> Any:
+        key = req.key
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while (flight := self._flights.get(key)) is not None:
+            try:
+                return await self._await_flight(key, flight, deadline)
+            except _LeaderGone:
+                continue
+        flight = loop.create_future()
+        self._flights[key] = flight
+        try:
+            value = await self._fill(req, deadline, corrupt=corrupt)
+        except Exception as exc:
+            _settle(flight, exc)
+            raise
+        except BaseException:
+            _settle(flight, _LeaderGone())
+            raise
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.set_result(value)
+        return value
+
+    async def _await_flight(self, key: str, flight: asyncio.Future[Any], deadline: float) -> Any:
+        self._stats.lock_waits += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            # shield: a waiter that times out or is cancelled must not cancel the creation.
+            return await asyncio.wait_for(asyncio.shield(flight), deadline - started)
+        except TimeoutError:
+            if flight.done():
+                raise
+            self._stats.lock_timeouts += 1
+            raise CacheLockTimeout(key, loop.time() - started) from None
+
+    async def _fill(self, req: _Request, deadline: float, *, corrupt: bool) -> Any:
+        key = req.key
+        backend = self._backend
+        loop = asyncio.get_running_loop()
+        token = secrets.token_hex(16)
+        started = loop.time()
+        waited = False
+        check_value = not corrupt
+        while True:
+            try:
+                lease = await backend._acquire_lease(key, token, check_value=check_value)
+            except _BACKEND_ERRORS:
+                self._stats.backend_errors += 1
+                if not req.fallback_on_error:
+                    raise
+                return await self._uncached(req)
+            if lease.payload is not None:
+                entry = decode_entry(key, lease.payload)
+                if entry is not None:
+                    return entry.value
+                self._stats.corrupt_entries += 1
+                check_value = False
+                continue
+            if lease.acquired:
+                return await self._create(req, token)
+            if not waited:
+                waited = True
+                self._stats.lock_waits += 1
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._stats.lock_timeouts += 1
+                raise CacheLockTimeout(key, loop.time() - started)
+            assert lease.holder is not None  # noqa: S101 - the backend contract
+            try:
+                await backend._wait_for_release(
+                    key, lease.holder, min(backend._poll_interval, remaining)
+                )
+            except _BACKEND_ERRORS:
+                self._stats.backend_errors += 1
+                if not req.fallback_on_error:
+                    raise
+                return await self._uncached(req)
+            # A fresh value may have replaced a corrupt one while we waited.
+            check_value = True
+
+    # -- the holder ----------------------------------------------------------------------
+
+    async def _create(self, req: _Request, token: str) -> Any:
+        key, ttl_seconds, stale_ttl = req.key, req.ttl_seconds, req.stale_ttl
+        backend = self._backend
+        heartbeat: asyncio.Task[None] | None = None
+        if backend._lease_seconds is not None:
+            heartbeat = asyncio.create_task(self._heartbeat(key, token, backend._lease_seconds))
+        try:
+            value = await call_creator(req.creator)
+            soft_expiry = None
+            if stale_ttl is not None and ttl_seconds is not None:
+                soft_expiry = time.time() + ttl_seconds
+            payload = encode_entry(key, value, soft_expiry)
+        except BaseException as exc:
+            await _stop(heartbeat)
+            if isinstance(exc, Exception):
+                self._stats.creator_errors += 1
+            await self._release_quietly(key, token)
+            raise
+        await _stop(heartbeat)
+        self._stats.regenerations += 1
+        ttl_ms = None
+        if ttl_seconds is not None:
+            ttl_ms = (ttl_seconds + (stale_ttl or 0)) * 1000
+        try:
+            await backend._commit(key, token, payload, ttl_ms)
+        except _BACKEND_ERRORS:
+            self._stats.backend_errors += 1
+            if not req.fallback_on_error:
+                raise
+            logger.warning("could not store the new value of %r; returning it uncached", key)
+        # Callers get what a later hit would return (a decoded copy), not the creator's object.
+        entry = decode_entry(key, payload)
+        return value if entry is None else entry.value
+
+    async def _heartbeat(self, key: str, token: str, lease: float) -> None:
+        interval = lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                still_held = await self._backend._renew_lease(key, token)
+            except _BACKEND_ERRORS as exc:
+                self._stats.backend_errors += 1
+                logger.warning("could not renew the cache lease on %r: %s", key, exc)
+                continue
+            if not still_held:
+                logger.warning(
+                    "lost the cache lease on %r while creating it (another caller may run "
+                    "the creator too)",
+                    key,
+                )
+                return
+
+    async def _release_quietly(self, key: str, token: str) -> None:
+        try:
+            await self._backend._commit(key, token, None, None)
+        except _BACKEND_ERRORS as exc:
+            self._stats.backend_errors += 1
+            logger.warning("could not release the cache lease on %r (it will lapse): %s", key, exc)
+
+    # -- stale-while-revalidate -------------------------------------------------------------
+
+    async def _serve_stale(self, req: _Request, stale: Any) -> Any:
+        key = req.key
+        stats = self._stats
+        if key in self._flights:
+            stats.hits += 1
+            stats.stale_hits += 1
+            return stale
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        token = secrets.token_hex(16)
+        try:
+            try:
+                lease = await self._backend._acquire_lease(key, token, check_value=False)
+            except _BACKEND_ERRORS as exc:
+                stats.backend_errors += 1
+                logger.warning("serving a stale value of %r: %s", key, exc)
+                lease = LeaseResult(None, False, None)
+            if not lease.acquired:
+                stats.hits += 1
+                stats.stale_hits += 1
+                flight.set_result(stale)
+                return stale
+            stats.misses += 1
+            try:
+                value = await self._create(req, token)
+            except Exception as exc:
+                _settle(flight, exc)
+                raise
+            except BaseException:
+                _settle(flight, _LeaderGone())
+                raise
+            flight.set_result(value)
+            return value
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+    async def _uncached(self, req: _Request) -> Any:
+        logger.warning("cache backend unavailable; calling the creator of %r uncached", req.key)
+        try:
+            return await call_creator(req.creator)
+        except Exception:
+            self._stats.creator_errors += 1
+            raise
+
+
+def _settle(flight: asyncio.Future[Any], exc: BaseException) -> None:
+    if flight.done():
+        return
+    flight.set_exception(exc)
+    # Mark it retrieved: with no waiter, asyncio would log "exception never retrieved".
+    flight.exception()
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,161 @@
+"""``InMemoryCacheAdapter``: a per-process cache, LRU-bounded, stampede-protected.
+
+Entries are stored encoded (msgpack) with a monotonic hard expiry. The dogpile lock's
+single flight is all the locking a single process needs, so the lease primitives here are
+trivial: whoever leads the flight for a key holds it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from typing import Any
+
+from taskiq_flow.cache.base import BaseCacheAdapter, check_key, check_ttl
+from taskiq_flow.cache.codec import decode_entry, encode_entry
+from taskiq_flow.cache.errors import CacheValueError
+from taskiq_flow.cache.lock import LeaseResult
+
+__all__ = ["InMemoryCacheAdapter"]
+
+
+class InMemoryCacheAdapter(BaseCacheAdapter):
+    """A cache living in this process's memory.
+
+    Safe under any number of concurrent tasks on one event loop. ``get_or_create`` runs the
+    creator once per key however many tasks ask at the same time.
+
+    Args:
+        max_entries: bound on the number of entries; the least recently used is evicted
+            first. ``None``: unbounded (expired entries are still swept).
+        default_ttl: TTL in seconds when a call passes none; ``None`` keeps entries until
+            evicted.
+        max_wait: seconds a caller waits for another caller's creator.
+        fallback_on_error: accepted for symmetry with the Redis adapter (memory never fails).
+        stale_ttl: default stale-while-revalidate window for ``get_or_create``.
+    """
+
+    def __init__(
+        self,
+        max_entries: int | None = None,
+        default_ttl: int | None = 3600,
+        *,
+        max_wait: float = 60.0,
+        fallback_on_error: bool = False,
+        stale_ttl: int | None = None,
+    ) -> None:
+        if max_entries is not None and (type(max_entries) is not int or max_entries <= 0):
+            msg = f"max_entries must be a positive int or None, got {max_entries!r}"
+            raise CacheValueError(msg)
+        super().__init__(
+            default_ttl=default_ttl,
+            max_wait=max_wait,
+            fallback_on_error=fallback_on_error,
+            stale_ttl=stale_ttl,
+        )
+        self.max_entries = max_entries
+        # key -> (encoded entry, monotonic hard expiry or None); order = recency of use.
+        self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        # (expiry, key) for sweeping; may hold outdated pairs, checked against _entries.
+        self._expiries: list[tuple[float, str]] = []
+
+    def __repr__(self) -> str:
+        return f"InMemoryCacheAdapter(entries={len(self._entries)}, max_entries={self.max_entries})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def _lookup(self, key: str) -> bytes | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        payload, expires_at = item
+        if expires_at is not None and time.monotonic() >= expires_at:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return payload
+
+    def _store(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
+        now = time.monotonic()
+        expires_at = None if ttl_ms is None else now + ttl_ms / 1000
+        self._entries[key] = (payload, expires_at)
+        self._entries.move_to_end(key)
+        if expires_at is not None:
+            heapq.heappush(self._expiries, (expires_at, key))
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        heap, entries = self._expiries, self._entries
+        while heap and heap[0][0] <= now:
+            expires_at, key = heapq.heappop(heap)
+            item = entries.get(key)
+            if item is not None and item[1] == expires_at:
+                del entries[key]
+        if self.max_entries is not None:
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+        # Overwritten keys leave outdated pairs behind; rebuild before they dominate.
+        if len(heap) > 2 * len(entries) + 64:
+            self._expiries = [(exp, k) for k, (_, exp) in entries.items() if exp is not None]
+            heapq.heapify(self._expiries)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value under ``key`` (stale or not), or ``default``."""
+        check_key(key)
+        payload = self._lookup(key)
+        if payload is not None:
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                self._stats.hits += 1
+                return entry.value
+            self._stats.corrupt_entries += 1
+        self._stats.misses += 1
+        return default
+
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
+        check_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
+        self._store(key, encode_entry(key, value), None if ttl is None else ttl * 1000)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether a live entry was there."""
+        check_key(key)
+        found = self._lookup(key) is not None
+        self._entries.pop(key, None)
+        return found
+
+    async def clear(self) -> int:
+        """Remove every entry; return how many live ones there were."""
+        now = time.monotonic()
+        live = sum(1 for _, exp in self._entries.values() if exp is None or exp > now)
+        self._entries.clear()
+        self._expiries.clear()
+        return live
+
+    async def close(self) -> None:
+        """Drop every entry. Idempotent."""
+        self._entries.clear()
+        self._expiries.clear()
+
+    # -- lease primitives: the in-process single flight already elected the creator ------
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        return self._lookup(key)
+
+    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
+        if check_value:
+            payload = self._lookup(key)
+            if payload is not None:
+                return LeaseResult(payload, False, None)
+        return LeaseResult(None, True, None)
+
+    async def _commit(
+        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+    ) -> None:
+        if payload is not None:
+            self._store(key, payload, ttl_ms)

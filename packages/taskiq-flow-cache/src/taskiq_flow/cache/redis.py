@@ -1,0 +1,355 @@
+"""``RedisCacheAdapter``: a cache shared by every process on one Redis server.
+
+Keys, all under ``key_prefix`` (default ``taskiq_flow_cache:``, disjoint from the storage
+package's ``taskiq_flow:``):
+
+- ``{prefix}v:{key}`` — the encoded entry, with a native ``PX`` hard expiry;
+- ``{prefix}lock:{key}`` — the lease: a random token, ``SET NX PX lock_timeout``;
+- ``{prefix}wake:{key}:{token}`` — the wake-up list of one lease: on release the holder
+  pushes one element; every waiter blocks on it with ``BLMOVE list list LEFT RIGHT``, a
+  rotation, so the single element wakes each blocked waiter in turn and stays for late
+  comers until the list expires. Tied to the holder's token, a wake-up can never be
+  mistaken for a later lease's.
+
+Lease transitions are Lua scripts (one atomic round trip each): acquire-or-read, renew
+(``PEXPIRE`` only if the token matches) and commit (store the value, compare-and-delete the
+lease, push the wake-up).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    msg = "RedisCacheAdapter needs the redis client: pip install 'taskiq-flow-cache[redis]'"
+    raise ImportError(msg) from exc
+
+from taskiq_flow.cache.base import BaseCacheAdapter, check_key, check_seconds, check_ttl
+from taskiq_flow.cache.codec import decode_entry, encode_entry
+from taskiq_flow.cache.errors import (
+    CacheBackendError,
+    CacheConnectionError,
+    CacheValueError,
+)
+from taskiq_flow.cache.lock import LeaseResult
+
+__all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
+
+DEFAULT_KEY_PREFIX = "taskiq_flow_cache:"
+
+# KEYS: value, lease. ARGV: token, lease ms, check value ("1"/"0").
+# -> {1, payload} | {0, holder token} | {2} (acquired)
+_ACQUIRE = """
+if ARGV[3] == '1' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return {1, v} end
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {0, holder} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {2}
+"""
+
+# KEYS: lease. ARGV: token, lease ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: value, lease, wake list. ARGV: token, payload, ttl ms ('' = none), wake ttl ms,
+# status ('ok' = store payload, 'err' = creator failed, store nothing).
+_COMMIT = """
+if ARGV[5] == 'ok' then
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+end
+local released = 0
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  released = 1
+end
+redis.call('RPUSH', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return released
+"""
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _map_error(operation: str, exc: RedisError) -> CacheConnectionError | CacheBackendError:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return CacheConnectionError(operation, f"{type(exc).__name__}: {exc}")
+    return CacheBackendError(operation, f"{type(exc).__name__}: {exc}")
+
+
+class RedisCacheAdapter(BaseCacheAdapter):
+    """A Redis-backed cache whose ``get_or_create`` holds across processes.
+
+    Args:
+        redis_url: ``redis://`` URL; the adapter then owns (and closes) its client.
+        client: an existing ``redis.asyncio.Redis`` (``decode_responses=False``) to use
+            instead; the caller keeps ownership. Exactly one of the two.
+        default_ttl: TTL in seconds when a call passes none (``None``: no expiry).
+        lock_timeout: lease period in seconds. A dead holder's lease lapses after it; a
+            live holder renews it every third of it.
+        key_prefix: namespace of every key this adapter touches.
+        max_wait: seconds a caller waits for another caller's creator before
+            ``CacheLockTimeout``.
+        fallback_on_error: default of ``get_or_create(fallback_on_error=...)``.
+        stale_ttl: default stale-while-revalidate window of ``get_or_create``.
+        poll_interval: longest a waiter blocks between re-checks (default: a quarter of
+            the lease, at most 1 s). Wake-ups normally arrive by push well before.
+        socket_timeout: seconds before a silent server counts as down (owned client only).
+        connect_timeout: seconds to establish a connection (owned client only).
+        max_connections: connection pool size (owned client only); callers beyond it
+            queue for a connection instead of failing.
+    """
+
+    _scope = "process"
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        client: aioredis.Redis | None = None,
+        default_ttl: int | None = 3600,
+        lock_timeout: float = 10,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        max_wait: float = 60.0,
+        fallback_on_error: bool = False,
+        stale_ttl: int | None = None,
+        poll_interval: float | None = None,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+    ) -> None:
+        if (redis_url is None) == (client is None):
+            msg = "pass exactly one of redis_url or client"
+            raise CacheValueError(msg)
+        if not isinstance(key_prefix, str) or not key_prefix:
+            msg = f"key_prefix must be a non-empty string, got {key_prefix!r}"
+            raise CacheValueError(msg)
+        lease = check_seconds(lock_timeout, "lock_timeout")
+        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
+        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        super().__init__(
+            default_ttl=default_ttl,
+            max_wait=max_wait,
+            fallback_on_error=fallback_on_error,
+            stale_ttl=stale_ttl,
+        )
+        if client is not None:
+            kwargs = client.connection_pool.connection_kwargs
+            if kwargs.get("decode_responses"):
+                msg = "the Redis client must use decode_responses=False (values are bytes)"
+                raise CacheValueError(msg)
+            self._client = client
+            self._owns_client = False
+            user_timeout = kwargs.get("socket_timeout")
+        else:
+            if type(max_connections) is not int or max_connections <= 0:
+                msg = f"max_connections must be a positive int, got {max_connections!r}"
+                raise CacheValueError(msg)
+            try:
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    cast(str, redis_url),
+                    max_connections=max_connections,
+                    timeout=socket_timeout,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    # One quick retry survives a server restart (stale pooled socket);
+                    # more would turn "Redis is down" into a long stall.
+                    retry=Retry(NoBackoff(), 1),
+                )
+            except ValueError as exc:
+                msg = f"invalid Redis URL: {exc}"
+                raise CacheValueError(msg) from exc
+            self._client = aioredis.Redis(connection_pool=pool)
+            self._owns_client = True
+            user_timeout = socket_timeout
+        self.key_prefix = key_prefix
+        self.lock_timeout = lease
+        self._lease_ms = max(1, int(lease * 1000))
+        poll = (
+            min(1.0, lease / 4)
+            if poll_interval is None
+            else check_seconds(poll_interval, "poll_interval")
+        )
+        if isinstance(user_timeout, int | float) and user_timeout > 0:
+            # A blocking wait must end before the socket timeout would call it a failure.
+            poll = min(poll, user_timeout / 2)
+        self._poll = poll
+        self._value_prefix = f"{key_prefix}v:"
+        self._lock_prefix = f"{key_prefix}lock:"
+        self._wake_prefix = f"{key_prefix}wake:"
+        self._acquire_script = self._client.register_script(_ACQUIRE)
+        self._renew_script = self._client.register_script(_RENEW)
+        self._commit_script = self._client.register_script(_COMMIT)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return (
+            f"RedisCacheAdapter({where}/{kwargs.get('db', 0)}, key_prefix={self.key_prefix!r}, "
+            f"lock_timeout={self.lock_timeout})"
+        )
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying ``redis.asyncio.Redis`` client."""
+        return self._client
+
+    # -- storage ---------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value under ``key`` (stale or not), or ``default``. One ``GET``."""
+        check_key(key)
+        payload = await self._read_raw(key)
+        if payload is not None:
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                self._stats.hits += 1
+                return entry.value
+            self._stats.corrupt_entries += 1
+        self._stats.misses += 1
+        return default
+
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
+        check_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
+        payload = encode_entry(key, value)
+        try:
+            await self._client.set(
+                self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
+            )
+        except RedisError as exc:
+            self._stats.backend_errors += 1
+            raise _map_error("set", exc) from exc
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was there."""
+        check_key(key)
+        try:
+            removed = await self._client.delete(self._value_prefix + key)
+        except RedisError as exc:
+            self._stats.backend_errors += 1
+            raise _map_error("delete", exc) from exc
+        return bool(removed)
+
+    async def clear(self) -> int:
+        """Remove every value under this adapter's prefix (``SCAN``, never ``KEYS``).
+
+        Leases and wake-up lists are left to expire: deleting a live lease would let a
+        second creator start.
+        """
+        pattern = _glob_escape(self._value_prefix) + "*"
+        removed = 0
+        try:
+            batch: list[bytes] = []
+            async for name in self._client.scan_iter(match=pattern, count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    removed += await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                removed += await self._client.unlink(*batch)
+        except RedisError as exc:
+            self._stats.backend_errors += 1
+            raise _map_error("clear", exc) from exc
+        return removed
+
+    async def close(self) -> None:
+        """Close the client if this adapter created it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- lease primitives ------------------------------------------------------------------
+
+    @property
+    def _lease_seconds(self) -> float | None:
+        return self.lock_timeout
+
+    @property
+    def _poll_interval(self) -> float:
+        return self._poll
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        try:
+            return cast(bytes | None, await self._client.get(self._value_prefix + key))
+        except RedisError as exc:
+            self._stats.backend_errors += 1
+            raise _map_error("get", exc) from exc
+
+    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
+        try:
+            reply = await self._acquire_script(
+                keys=[self._value_prefix + key, self._lock_prefix + key],
+                args=[token, self._lease_ms, "1" if check_value else "0"],
+            )
+        except RedisError as exc:
+            raise _map_error("lock acquire", exc) from exc
+        kind = int(reply[0])
+        if kind == 1:
+            return LeaseResult(bytes(reply[1]), False, None)
+        if kind == 0:
+            return LeaseResult(None, False, bytes(reply[1]).decode())
+        return LeaseResult(None, True, None)
+
+    async def _renew_lease(self, key: str, token: str) -> bool:
+        try:
+            renewed = await self._renew_script(
+                keys=[self._lock_prefix + key], args=[token, self._lease_ms]
+            )
+        except RedisError as exc:
+            raise _map_error("lock renew", exc) from exc
+        return bool(renewed)
+
+    async def _commit(
+        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+    ) -> None:
+        try:
+            await self._commit_script(
+                keys=[
+                    self._value_prefix + key,
+                    self._lock_prefix + key,
+                    f"{self._wake_prefix}{key}:{token}",
+                ],
+                args=[
+                    token,
+                    b"" if payload is None else payload,
+                    "" if ttl_ms is None else ttl_ms,
+                    self._lease_ms,
+                    "err" if payload is None else "ok",
+                ],
+            )
+        except RedisError as exc:
+            raise _map_error("lock release", exc) from exc
+
+    async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
+        wake = f"{self._wake_prefix}{key}:{holder}"
+        try:
+            await self._client.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
+        except RedisError as exc:
+            raise _map_error("lock wait", exc) from exc
