@@ -1,0 +1,217 @@
+"""``BaseStorageAdapter``: the contract every backend keeps, and the checks they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from taskiq_flow.storage.entry import StorageEntry
+from taskiq_flow.storage.errors import InvalidKeyError, InvalidTTLError
+
+__all__ = [
+    "BaseStorageAdapter",
+    "check_key",
+    "check_keys",
+    "check_pattern",
+    "check_ttl",
+]
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a usable key.
+
+    Raises:
+        InvalidKeyError: not a ``str``, empty, or not encodable as UTF-8 (a lone surrogate).
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(key, f"keys are str, not {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError(key, "keys must not be empty")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(key, "not encodable as UTF-8") from exc
+    return key
+
+
+def check_keys(keys: Iterable[str]) -> list[str]:
+    """Return ``keys`` as a list of checked keys (a bare ``str`` is refused, not iterated).
+
+    Raises:
+        InvalidKeyError: ``keys`` is a ``str``/``bytes``, or one key is bad.
+    """
+    if isinstance(keys, str | bytes):
+        raise InvalidKeyError(keys, "expected an iterable of keys, not a single key")
+    return [check_key(key) for key in keys]
+
+
+def check_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a usable glob pattern (same rules as keys, may be empty).
+
+    Raises:
+        InvalidKeyError: not a ``str`` or not encodable as UTF-8.
+    """
+    if not isinstance(pattern, str):
+        raise InvalidKeyError(pattern, f"patterns are str, not {type(pattern).__name__}")
+    if not pattern.isascii():
+        try:
+            pattern.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(pattern, "pattern not encodable as UTF-8") from exc
+    return pattern
+
+
+def check_ttl(ttl_seconds: object) -> int | None:
+    """Return ``ttl_seconds`` if it is ``None`` or an ``int`` > 0 (``bool`` is refused).
+
+    Raises:
+        InvalidTTLError: anything else (``0``, negative, ``float``, ``str``, ``bool``).
+    """
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise InvalidTTLError(ttl_seconds)
+    return int(ttl_seconds)
+
+
+class BaseStorageAdapter(ABC):
+    """A key-value store with per-key TTL, the same contract on every backend.
+
+    Values are anything msgspec encodes (builtins, ``datetime``, ``UUID``, ``Decimal``,
+    ``bytes``, enums, dataclasses, msgspec Structs); they are stored encoded, so mutating
+    an object after ``set`` never changes what is stored. Keys are non-empty ``str``.
+    An entry is expired at ``now >= expires_at`` and is then invisible to every method.
+    Use it as ``async with adapter: ...`` to have it closed.
+
+    Attributes:
+        ttl_seconds: The default TTL for writes that pass none (``None``: keep forever).
+        expires_natively: ``True`` when the backend itself removes expired entries
+            (Redis); ``cleanup()`` without ``ttl_seconds`` then has nothing left to
+            remove and returns ``0``.
+    """
+
+    ttl_seconds: int | None
+    expires_natively: ClassVar[bool] = False
+
+    def __init__(self, ttl_seconds: int | None = None) -> None:
+        self.ttl_seconds = check_ttl(ttl_seconds)
+
+    def _ttl(self, ttl_seconds: int | None) -> int | None:
+        if ttl_seconds is None:
+            return self.ttl_seconds
+        return check_ttl(ttl_seconds)
+
+    @abstractmethod
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any previous value and TTL.
+
+        Args:
+            key: Non-empty ``str``.
+            value: Anything msgspec encodes.
+            ttl_seconds: Seconds to keep it (``int`` > 0); ``None`` uses the adapter's
+                default ``ttl_seconds``.
+
+        Raises:
+            InvalidKeyError: bad key.
+            InvalidTTLError: bad TTL.
+            StorageSerializationError: the value cannot be encoded; nothing is written.
+            StorageConnectionError: the backend is unreachable.
+        """
+
+    @abstractmethod
+    async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent or expired; atomic, also across processes.
+
+        Returns:
+            Whether this call wrote the value (exactly one of racing callers gets ``True``).
+        """
+
+    @abstractmethod
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value under ``key``, or ``default`` when missing or expired.
+
+        A stored ``None`` is a value: it is returned as ``None`` whatever ``default`` is.
+
+        Args:
+            key: The key.
+            default: Returned when there is no live entry.
+            type: Decode as this type (msgspec typed decoding: ``UUID``, a Struct, a
+                dataclass, ``list[int]``...). Without it values come back as msgpack's
+                natural types (see ``taskiq_flow.storage.codec``).
+
+        Raises:
+            StorageCorruptError: the stored bytes are not a value; names the key.
+            StorageSerializationError: the value does not match ``type``.
+        """
+
+    @abstractmethod
+    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
+        """The live entry under ``key`` with its timestamps, or ``None``."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether a live (unexpired) entry is stored under ``key``."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether a live entry was there."""
+
+    async def keys(self, pattern: str = "*") -> list[str]:
+        r"""Live keys matching the Redis glob ``pattern``, sorted.
+
+        The pattern means the same on every backend (``*``, ``?``, ``[a-z]``, ``[^a]``,
+        ``\\`` escapes; see ``taskiq_flow.storage.glob``).
+        """
+        return sorted({key async for key in self.iter_keys(pattern)})
+
+    @abstractmethod
+    def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate live keys matching ``pattern`` in bounded memory, in no set order.
+
+        On Redis (``SCAN``) a key may be yielded twice if the server resizes its table
+        meanwhile; ``keys()`` removes duplicates.
+        """
+
+    @abstractmethod
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """Values of the live keys among ``keys`` (missing or expired keys are absent)."""
+
+    @abstractmethod
+    async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
+        """Store every item with one TTL, in one round trip where the backend allows.
+
+        Every value is encoded before anything is written: if one cannot be, the
+        ``StorageSerializationError`` names it and nothing of the batch is written.
+        """
+
+    @abstractmethod
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys``; return how many live entries were removed."""
+
+    @abstractmethod
+    async def cleanup(self, ttl_seconds: int | None = None) -> int:
+        """Remove expired entries now; with ``ttl_seconds``, also entries that old or older.
+
+        An entry is that old when ``now >= created_at + ttl_seconds``.
+
+        Returns:
+            How many entries this call removed.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. Idempotent; the adapter reconnects if used again."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,199 @@
+"""``InMemoryStorageAdapter``: a dict in this process, optionally bounded with LRU eviction."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from taskiq_flow.storage.base import (
+    BaseStorageAdapter,
+    check_key,
+    check_keys,
+    check_pattern,
+    check_ttl,
+)
+from taskiq_flow.storage.codec import decode, encode
+from taskiq_flow.storage.entry import StorageEntry
+from taskiq_flow.storage.errors import StorageConfigError
+from taskiq_flow.storage.glob import compile_glob
+
+__all__ = ["InMemoryStorageAdapter"]
+
+# (encoded value, created_at, expires_at) as epoch seconds.
+_Item = tuple[bytes, float, float | None]
+
+
+class InMemoryStorageAdapter(BaseStorageAdapter):
+    """Entries in a dict of this process: for tests, one worker, or a cache of a cache.
+
+    Values are held encoded, exactly as the other backends hold them. No method awaits
+    between reading and writing the dict, so concurrent tasks never see a half-done
+    operation. Nothing is shared between processes.
+
+    Args:
+        max_entries: Keep at most this many entries, evicting the least recently used
+            (read or written) first; ``None`` for no bound.
+        ttl_seconds: Default TTL for writes that pass none; ``None`` keeps forever.
+    """
+
+    def __init__(self, max_entries: int | None = None, ttl_seconds: int | None = None) -> None:
+        super().__init__(ttl_seconds)
+        if max_entries is not None and (
+            isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries <= 0
+        ):
+            msg = f"max_entries must be a positive int or None, got {max_entries!r}"
+            raise StorageConfigError(msg)
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, _Item] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"InMemoryStorageAdapter(max_entries={self.max_entries!r}, "
+            f"ttl_seconds={self.ttl_seconds!r}, entries={len(self._data)})"
+        )
+
+    def _put(self, key: str, item: _Item) -> None:
+        data = self._data
+        data[key] = item
+        if self.max_entries is not None:
+            data.move_to_end(key)
+            while len(data) > self.max_entries:
+                data.popitem(last=False)
+
+    def _live(self, key: str, now: float) -> _Item | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires = item[2]
+        if expires is not None and now >= expires:
+            del self._data[key]
+            return None
+        if self.max_entries is not None:
+            self._data.move_to_end(key)
+        return item
+
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        blob = encode(key, value)
+        now = time.time()
+        self._put(key, (blob, now, None if ttl is None else now + ttl))
+
+    async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
+        """Store only if absent or expired (see :meth:`BaseStorageAdapter.add`)."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        blob = encode(key, value)
+        now = time.time()
+        if self._live(key, now) is not None:
+            return False
+        self._put(key, (blob, now, None if ttl is None else now + ttl))
+        return True
+
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
+        check_key(key)
+        item = self._live(key, time.time())
+        if item is None:
+            return default
+        return decode(key, item[0], type)
+
+    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
+        """The live entry or ``None`` (see :meth:`BaseStorageAdapter.get_entry`)."""
+        check_key(key)
+        item = self._live(key, time.time())
+        if item is None:
+            return None
+        blob, created, expires = item
+        return StorageEntry(
+            key=key,
+            value=decode(key, blob, type),
+            created_at=datetime.fromtimestamp(created, UTC),
+            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+        )
+
+    async def exists(self, key: str) -> bool:
+        """Whether a live entry exists."""
+        check_key(key)
+        return self._live(key, time.time()) is not None
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; whether a live entry was there."""
+        check_key(key)
+        live = self._live(key, time.time()) is not None
+        if live:
+            del self._data[key]
+        return live
+
+    async def keys(self, pattern: str = "*") -> list[str]:
+        """Live keys matching the Redis glob ``pattern``, sorted."""
+        match = compile_glob(check_pattern(pattern))
+        now = time.time()
+        return sorted(
+            key
+            for key, (_, _, expires) in self._data.items()
+            if (expires is None or now < expires) and match(key)
+        )
+
+    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate live keys matching ``pattern`` (a snapshot of the key set)."""
+        match = compile_glob(check_pattern(pattern))
+        for key in list(self._data):
+            item = self._data.get(key)
+            if item is None:
+                continue
+            expires = item[2]
+            if (expires is None or time.time() < expires) and match(key):
+                yield key
+
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """Values of the live keys among ``keys``."""
+        keys = check_keys(keys)
+        now = time.time()
+        found: dict[str, Any] = {}
+        for key in keys:
+            item = self._live(key, now)
+            if item is not None:
+                found[key] = decode(key, item[0], type)
+        return found
+
+    async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
+        """Store every item; nothing is written if one value cannot be encoded."""
+        ttl = self._ttl(ttl_seconds)
+        blobs = [(check_key(key), encode(key, value)) for key, value in items.items()]
+        now = time.time()
+        expires = None if ttl is None else now + ttl
+        for key, blob in blobs:
+            self._put(key, (blob, now, expires))
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys``; how many live entries were removed."""
+        keys = check_keys(keys)
+        now = time.time()
+        removed = 0
+        for key in keys:
+            if self._live(key, now) is not None:
+                del self._data[key]
+                removed += 1
+        return removed
+
+    async def cleanup(self, ttl_seconds: int | None = None) -> int:
+        """Remove expired entries, and with ``ttl_seconds`` entries at least that old."""
+        age = check_ttl(ttl_seconds)
+        now = time.time()
+        born_before = -float("inf") if age is None else now - age
+        doomed = [
+            key
+            for key, (_, created, expires) in self._data.items()
+            if (expires is not None and now >= expires) or created <= born_before
+        ]
+        for key in doomed:
+            del self._data[key]
+        return len(doomed)
+
+    async def close(self) -> None:
+        """Nothing to release; the entries stay (a dict has no connection)."""

@@ -1,0 +1,410 @@
+"""``RedisStorageAdapter``: entries as Redis strings under a key prefix, with native expiry.
+
+Needs the ``redis`` extra: ``pip install 'taskiq-flow-storage[redis]'``.
+
+Each value is stored as a 17-byte header (format version, ``created_at`` and
+``expires_at`` as big-endian doubles of epoch seconds, ``0`` for none) followed by the
+msgpack bytes, so ``get_entry`` is one ``GET`` and ``cleanup(ttl_seconds=...)`` can judge
+age on the server. Expiry is Redis's own (``SET ... PX``); listing uses ``SCAN``, never
+``KEYS``; batches are pipelined.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ClassVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
+    msg = "RedisStorageAdapter needs the redis client: pip install 'taskiq-flow-storage[redis]'"
+    raise ImportError(msg, name=exc.name) from exc
+
+from taskiq_flow.storage.base import (
+    BaseStorageAdapter,
+    check_key,
+    check_keys,
+    check_pattern,
+    check_ttl,
+)
+from taskiq_flow.storage.codec import decode, encode
+from taskiq_flow.storage.entry import StorageEntry
+from taskiq_flow.storage.errors import (
+    InvalidStorageURLError,
+    StorageConfigError,
+    StorageConnectionError,
+    StorageCorruptError,
+    StorageError,
+)
+
+__all__ = ["RedisStorageAdapter"]
+
+_HEADER = struct.Struct(">Bdd")
+_HEADER_SIZE = _HEADER.size
+_VERSION = 1
+_BATCH = 1000  # keys per command inside one pipeline, and the SCAN COUNT hint
+
+# Deletes, atomically per SCAN batch, the entries created at or before ARGV[1] or
+# expired at ARGV[2] (by the writers' clock); skips keys this package did not write.
+_CLEANUP_LUA = """
+local removed = 0
+local born_before = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  local head = redis.pcall('GETRANGE', key, 0, 16)
+  if type(head) == 'string' and #head == 17 and string.byte(head, 1) == 1 then
+    local created, expires = struct.unpack('>dd', string.sub(head, 2))
+    if created <= born_before or (expires > 0 and expires <= now) then
+      redis.call('DEL', key)
+      removed = removed + 1
+    end
+  end
+end
+return removed
+"""
+
+
+def _escape_glob(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable URL>"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def _client_location(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host = kwargs.get("host", "localhost")
+    return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+class _MapErrors:
+    """Map redis-py errors to the storage error tree at the adapter boundary."""
+
+    __slots__ = ("adapter", "operation")
+
+    def __init__(self, adapter: RedisStorageAdapter, operation: str) -> None:
+        self.adapter = adapter
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, StorageError):
+            return
+        where = self.adapter.location
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            msg = f"Redis {self.operation} failed at {where}: {exc}"
+            raise StorageConnectionError(msg) from exc
+        if isinstance(exc, RedisError):
+            msg = f"Redis {self.operation} failed at {where}: {exc}"
+            raise StorageError(msg) from exc
+
+
+class RedisStorageAdapter(BaseStorageAdapter):
+    """Entries in Redis, as strings under ``key_prefix``, expiring natively.
+
+    Args:
+        redis_url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` or
+            ``unix://`` URL. Give this or ``client``.
+        client: An existing ``redis.asyncio.Redis`` (``decode_responses`` must be off).
+            The adapter does not close a client it was given.
+        ttl_seconds: Default TTL for writes that pass none; ``None`` keeps forever.
+        key_prefix: Prepended to every key, so several apps can share a database.
+        connect_timeout: Seconds to wait for a TCP connection (URL only).
+        socket_timeout: Seconds to wait for a reply (URL only).
+        retries: How often a command is retried after a connection error, with a short
+            backoff (URL only); small, so that a down server is reported promptly.
+
+    Raises:
+        InvalidStorageURLError: the URL cannot be parsed (the message hides any password).
+        StorageConfigError: neither or both of ``redis_url`` and ``client``, or a client
+            that decodes responses.
+    """
+
+    expires_natively: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        client: aioredis.Redis | None = None,
+        ttl_seconds: int | None = None,
+        key_prefix: str = "taskiq_flow:",
+        connect_timeout: float = 2.0,
+        socket_timeout: float = 5.0,
+        retries: int = 2,
+    ) -> None:
+        super().__init__(ttl_seconds)
+        if not isinstance(key_prefix, str):
+            msg = f"key_prefix must be a str, got {type(key_prefix).__name__}"
+            raise StorageConfigError(msg)
+        self.key_prefix = key_prefix
+        self._match_prefix = _escape_glob(key_prefix)
+        self._prefix_len = len(key_prefix.encode("utf-8"))
+        if (redis_url is None) == (client is None):
+            msg = "give exactly one of redis_url and client"
+            raise StorageConfigError(msg)
+        if client is not None:
+            if client.connection_pool.connection_kwargs.get("decode_responses"):
+                msg = "the Redis client must be created with decode_responses=False"
+                raise StorageConfigError(msg)
+            self._client = client
+            self._owns_client = False
+            self.location = _client_location(client)
+        else:
+            assert redis_url is not None  # noqa: S101 - narrowed by the check above
+            self.location = _redact(redis_url) if isinstance(redis_url, str) else "?"
+            self._client = self._from_url(redis_url, connect_timeout, socket_timeout, retries)
+            self._owns_client = True
+        self._cleanup_script = self._client.register_script(_CLEANUP_LUA)
+
+    def _from_url(
+        self, redis_url: str, connect_timeout: float, socket_timeout: float, retries: int
+    ) -> aioredis.Redis:
+        if not isinstance(redis_url, str):
+            raise InvalidStorageURLError(repr(redis_url), "the Redis URL must be a str")
+        try:
+            parts = urlsplit(redis_url)
+            _ = parts.port  # urlsplit parses the port lazily; make a bad one fail here
+            if parts.scheme not in {"redis", "rediss", "unix"}:
+                reason = "the scheme must be redis://, rediss:// or unix://"
+                raise InvalidStorageURLError(self.location, reason)
+            return aioredis.Redis.from_url(
+                redis_url,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries),
+            )
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, InvalidStorageURLError):
+                raise
+            reason = str(exc)
+            password = urlsplit(redis_url).password if "@" in redis_url else None
+            if password:
+                reason = reason.replace(password, "***")
+            raise InvalidStorageURLError(self.location, reason) from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStorageAdapter({self.location!r}, key_prefix={self.key_prefix!r}, "
+            f"ttl_seconds={self.ttl_seconds!r})"
+        )
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The ``redis.asyncio.Redis`` client in use."""
+        return self._client
+
+    def _pack(self, key: str, value: Any, ttl: int | None, now: float) -> bytes:
+        return _HEADER.pack(_VERSION, now, 0.0 if ttl is None else now + ttl) + encode(key, value)
+
+    @staticmethod
+    def _unpack(key: str, data: bytes | str) -> tuple[memoryview, float, float | None]:
+        if isinstance(data, str) or len(data) < _HEADER_SIZE or data[0] != _VERSION:
+            raise StorageCorruptError(key, "not written by taskiq-flow-storage (bad header)")
+        _, created, expires = _HEADER.unpack_from(data)
+        return memoryview(data)[_HEADER_SIZE:], created, (expires or None)
+
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` (``SET`` with ``PX`` when there is a TTL)."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        data = self._pack(key, value, ttl, time.time())
+        with _MapErrors(self, "set"):
+            if ttl is None:
+                await self._client.set(self.key_prefix + key, data)
+            else:
+                await self._client.set(self.key_prefix + key, data, px=ttl * 1000)
+
+    async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
+        """Store only if absent or expired: one ``SET NX PX``, atomic for every client."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        data = self._pack(key, value, ttl, time.time())
+        with _MapErrors(self, "add"):
+            done = await self._client.set(
+                self.key_prefix + key, data, nx=True, px=None if ttl is None else ttl * 1000
+            )
+        return bool(done)
+
+    async def _live(self, key: str) -> tuple[memoryview, float, float | None] | None:
+        with _MapErrors(self, "get"):
+            data = await self._client.get(self.key_prefix + key)
+        if data is None:
+            return None
+        body, created, expires = self._unpack(key, data)
+        # Redis expires by its clock; the header makes the edge now >= expires_at exact.
+        if expires is not None and time.time() >= expires:
+            return None
+        return body, created, expires
+
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
+        check_key(key)
+        found = await self._live(key)
+        if found is None:
+            return default
+        return decode(key, found[0], type)
+
+    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
+        """The live entry or ``None``: one ``GET``, timestamps from the stored header."""
+        check_key(key)
+        found = await self._live(key)
+        if found is None:
+            return None
+        body, created, expires = found
+        return StorageEntry(
+            key=key,
+            value=decode(key, body, type),
+            created_at=datetime.fromtimestamp(created, UTC),
+            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+        )
+
+    async def exists(self, key: str) -> bool:
+        """Whether a live entry exists (``EXISTS``)."""
+        check_key(key)
+        with _MapErrors(self, "exists"):
+            return bool(await self._client.exists(self.key_prefix + key))
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it was there (``DEL``)."""
+        check_key(key)
+        with _MapErrors(self, "delete"):
+            return bool(await self._client.delete(self.key_prefix + key))
+
+    async def _scan(self, pattern: str) -> AsyncIterator[list[bytes]]:
+        # The client never decodes responses (checked in __init__), so SCAN gives bytes.
+        match = self._match_prefix + pattern
+        cursor = 0
+        while True:
+            with _MapErrors(self, "scan"):
+                cursor, batch = await self._client.scan(cursor, match=match, count=_BATCH)
+            if batch:
+                yield cast("list[bytes]", batch)
+            if cursor == 0:
+                return
+
+    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate live keys matching ``pattern`` with ``SCAN MATCH`` (may repeat a key)."""
+        check_pattern(pattern)
+        if not pattern:
+            return
+        cut = self._prefix_len
+        async for batch in self._scan(pattern):
+            for raw in batch:
+                yield raw[cut:].decode("utf-8", "surrogateescape")
+
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """Values of the live keys among ``keys``: ``MGET`` batches in one round trip."""
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        if not wanted:
+            return {}
+        prefix = self.key_prefix
+        with _MapErrors(self, "get_many"):
+            if len(wanted) <= _BATCH:
+                replies = [await self._client.mget([prefix + key for key in wanted])]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(wanted), _BATCH):
+                        pipe.mget([prefix + key for key in wanted[start : start + _BATCH]])
+                    replies = await pipe.execute()
+        found: dict[str, Any] = {}
+        now = time.time()
+        values = (data for reply in replies for data in reply)
+        for key, data in zip(wanted, values, strict=True):
+            if data is None:
+                continue
+            body, _, expires = self._unpack(key, data)
+            if expires is None or now < expires:
+                found[key] = decode(key, body, type)
+        return found
+
+    async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
+        """Store every item atomically (``MSET``, or ``SET PX`` in ``MULTI``)."""
+        ttl = self._ttl(ttl_seconds)
+        now = time.time()
+        prefix = self.key_prefix
+        packed = {
+            prefix + check_key(key): self._pack(key, value, ttl, now)
+            for key, value in items.items()
+        }
+        if not packed:
+            return
+        with _MapErrors(self, "set_many"):
+            if ttl is None:
+                await self._client.mset(packed)
+                return
+            px = ttl * 1000
+            async with self._client.pipeline(transaction=True) as pipe:
+                for full_key, data in packed.items():
+                    pipe.set(full_key, data, px=px)
+                await pipe.execute()
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys`` (``DEL`` batches in one round trip); how many were there."""
+        wanted = [self.key_prefix + key for key in dict.fromkeys(check_keys(keys))]
+        if not wanted:
+            return 0
+        with _MapErrors(self, "delete_many"):
+            if len(wanted) <= _BATCH:
+                return int(await self._client.delete(*wanted))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(wanted), _BATCH):
+                    pipe.delete(*wanted[start : start + _BATCH])
+                return sum(int(n) for n in await pipe.execute())
+
+    async def cleanup(self, ttl_seconds: int | None = None) -> int:
+        """With ``ttl_seconds``, delete entries at least that old; Redis expires the rest.
+
+        Expired entries are already gone (Redis removes them itself), so without
+        ``ttl_seconds`` this returns ``0``. With it, a server-side script checks each
+        ``SCAN`` batch's headers and deletes atomically, so a value rewritten meanwhile
+        is never lost.
+        """
+        age = check_ttl(ttl_seconds)
+        if age is None:
+            return 0
+        now = time.time()
+        args = [repr(now - age), repr(now)]
+        removed = 0
+        async for batch in self._scan("*"):
+            with _MapErrors(self, "cleanup"):
+                removed += int(await self._cleanup_script(keys=batch, args=args))
+        return removed
+
+    async def close(self) -> None:
+        """Close the client if the adapter created it (idempotent)."""
+        if self._owns_client:
+            with _MapErrors(self, "close"):
+                await self._client.aclose()

@@ -1,0 +1,436 @@
+"""``SQLiteStorageAdapter``: one table in a SQLite file (or ``:memory:``) via aiosqlite.
+
+The connection opens lazily, inside the running event loop, on first use. The file is
+put in WAL mode with a ``busy_timeout``, so several processes can share it: writers queue
+for the lock instead of failing. Every statement is parameterised; glob patterns are
+matched by :mod:`taskiq_flow.storage.glob` registered as an SQL function (after an
+index range on the pattern's literal prefix), never spliced into SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from taskiq_flow.storage.base import (
+    BaseStorageAdapter,
+    check_key,
+    check_keys,
+    check_pattern,
+    check_ttl,
+)
+from taskiq_flow.storage.codec import decode, encode
+from taskiq_flow.storage.entry import StorageEntry
+from taskiq_flow.storage.errors import (
+    InvalidStorageURLError,
+    StorageConnectionError,
+    StorageCorruptError,
+    StorageError,
+)
+from taskiq_flow.storage.glob import compile_glob, literal_prefix
+
+__all__ = ["SQLiteStorageAdapter"]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS taskiq_flow_storage ("
+    " key TEXT PRIMARY KEY NOT NULL,"
+    " value BLOB NOT NULL,"
+    " created_at REAL NOT NULL,"
+    " expires_at REAL"
+    ") WITHOUT ROWID",
+    # cleanup() deletes by expiry and by age: one index for each.
+    "CREATE INDEX IF NOT EXISTS taskiq_flow_storage_expires_at"
+    " ON taskiq_flow_storage (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS taskiq_flow_storage_created_at ON taskiq_flow_storage (created_at)",
+)
+_UPSERT = (
+    "INSERT INTO taskiq_flow_storage (key, value, created_at, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+    " created_at = excluded.created_at, expires_at = excluded.expires_at"
+)
+# One statement, so atomic across connections and processes: it writes when the key is
+# absent, or present but expired (expires_at <= now, now being the new created_at).
+_ADD = (
+    _UPSERT + " WHERE taskiq_flow_storage.expires_at IS NOT NULL"
+    " AND taskiq_flow_storage.expires_at <= excluded.created_at"
+)
+_SELECT = "SELECT value, created_at, expires_at FROM taskiq_flow_storage WHERE key = ?"
+_EXISTS = (
+    "SELECT 1 FROM taskiq_flow_storage WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+_DELETE = "DELETE FROM taskiq_flow_storage WHERE key = ? RETURNING expires_at"
+_DELETE_IF_EXPIRED = "DELETE FROM taskiq_flow_storage WHERE key = ? AND expires_at <= ?"
+_CLEANUP = "DELETE FROM taskiq_flow_storage WHERE expires_at <= ?"
+_CLEANUP_AGE = _CLEANUP + " OR created_at <= ?"
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_CHUNK = 500  # keys per IN (...) list, far below SQLite's bound-variable limit
+_PAGE = 500  # keys per iter_keys() round trip
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sql_glob(pattern: str, key: str) -> bool:
+    return compile_glob(pattern)(key)
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (None: none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:  # surrogates never occur in a stored (UTF-8) key
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _database(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, str):
+        return os.fspath(path)
+    if path.startswith("sqlite:"):
+        if not path.startswith("sqlite://") or (
+            path[len("sqlite://") :] and not path.startswith("sqlite:///")
+        ):
+            msg = "use sqlite:///relative.db, sqlite:////absolute.db or sqlite:///:memory:"
+            raise InvalidStorageURLError(path, msg)
+        rest = path[len("sqlite:///") :]
+        if "?" in rest or "#" in rest:
+            raise InvalidStorageURLError(path, "query strings are not supported")
+        return rest or ":memory:"
+    if "://" in path:
+        raise InvalidStorageURLError(path, "not a file path or sqlite:/// URL")
+    if not path:
+        raise InvalidStorageURLError(path, "empty path (use ':memory:' for a private database)")
+    return path
+
+
+class _MapErrors:
+    """Map ``sqlite3`` errors to the storage error tree (a class: cheaper than a generator)."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, StorageError):
+            return
+        if isinstance(exc, sqlite3.OperationalError):
+            msg = f"SQLite {self.operation} failed: {exc}"
+            raise StorageConnectionError(msg) from exc
+        if isinstance(exc, sqlite3.Error):
+            msg = f"SQLite {self.operation} failed: {exc}"
+            raise StorageError(msg) from exc
+
+
+class SQLiteStorageAdapter(BaseStorageAdapter):
+    """Entries in the table ``taskiq_flow_storage`` of a SQLite database.
+
+    Several adapters, in this or other processes, may share one file; ``add`` is one
+    statement and so atomic across all of them. ``:memory:`` gives a database private to
+    this adapter.
+
+    Args:
+        path: A file path, ``":memory:"``, or a ``sqlite:///relative.db`` /
+            ``sqlite:////absolute.db`` URL. The file is created on first use.
+        ttl_seconds: Default TTL for writes that pass none; ``None`` keeps forever.
+
+    Raises:
+        InvalidStorageURLError: ``path`` is not a path or ``sqlite:`` URL.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        ttl_seconds: int | None = None,
+    ) -> None:
+        super().__init__(ttl_seconds)
+        self.path = _database(path)
+        self._conn: aiosqlite.Connection | None = None
+        # One connection serves every task; the lock keeps a batch's transaction from
+        # swallowing another task's statement (and the connect from running twice).
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorageAdapter(path={self.path!r}, ttl_seconds={self.ttl_seconds!r})"
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if self._conn is not None:
+            return self._conn
+        conn = aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        with _MapErrors("connect"):
+            try:
+                await conn
+            except sqlite3.Error:
+                await conn.close()
+                raise
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                if self.path != ":memory:":
+                    await conn.execute("PRAGMA journal_mode = WAL")
+                    # With WAL, NORMAL loses no committed data on an application crash.
+                    await conn.execute("PRAGMA synchronous = NORMAL")
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.create_function("redis_glob", 2, _sql_glob, deterministic=True)
+            except BaseException:
+                await conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
+        """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        blob = encode(key, value)
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            now = time.time()
+            with _MapErrors("set"):
+                await conn.execute(_UPSERT, (key, blob, now, None if ttl is None else now + ttl))
+
+    async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
+        """Store only if absent or expired, in one statement (atomic across processes)."""
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        blob = encode(key, value)
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            now = time.time()
+            with _MapErrors("add"):
+                cursor = await conn.execute(
+                    _ADD, (key, blob, now, None if ttl is None else now + ttl)
+                )
+                return bool(cursor.rowcount == 1)
+
+    async def _row(self, key: str) -> tuple[bytes, float, float | None] | None:
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            with _MapErrors("get"):
+                rows = list(await conn.execute_fetchall(_SELECT, (key,)))
+                if not rows:
+                    return None
+                blob, created, expires = rows[0]
+                now = time.time()
+                if expires is not None and now >= expires:
+                    # Lazy expiry; the condition spares a fresh value another process wrote.
+                    await conn.execute(_DELETE_IF_EXPIRED, (key, now))
+                    return None
+        if not isinstance(blob, bytes):
+            raise StorageCorruptError(key, f"stored value is {type(blob).__name__}, not bytes")
+        return blob, created, expires
+
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
+        check_key(key)
+        row = await self._row(key)
+        if row is None:
+            return default
+        return decode(key, row[0], type)
+
+    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
+        """The live entry or ``None`` (see :meth:`BaseStorageAdapter.get_entry`)."""
+        check_key(key)
+        row = await self._row(key)
+        if row is None:
+            return None
+        blob, created, expires = row
+        return StorageEntry(
+            key=key,
+            value=decode(key, blob, type),
+            created_at=datetime.fromtimestamp(created, UTC),
+            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+        )
+
+    async def exists(self, key: str) -> bool:
+        """Whether a live entry exists."""
+        check_key(key)
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            with _MapErrors("exists"):
+                return bool(list(await conn.execute_fetchall(_EXISTS, (key, time.time()))))
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; whether a live entry was there."""
+        check_key(key)
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            with _MapErrors("delete"):
+                rows = list(await conn.execute_fetchall(_DELETE, (key,)))
+        now = time.time()
+        return any(expires is None or now < expires for (expires,) in rows)
+
+    def _key_query(self, pattern: str) -> tuple[str, list[Any]]:
+        """WHERE clause and parameters selecting live keys that match ``pattern``."""
+        clauses = [_LIVE]
+        params: list[Any] = [time.time()]
+        stripped = pattern.rstrip("*")
+        if not pattern:
+            clauses.append("0")
+        elif not set("*?[\\").intersection(pattern):
+            clauses.append("key = ?")
+            params.append(pattern)
+        else:
+            prefix = literal_prefix(pattern)
+            if prefix:
+                clauses.append("key >= ?")
+                params.append(prefix)
+                upper = _successor(prefix)
+                if upper is not None:
+                    clauses.append("key < ?")
+                    params.append(upper)
+            # "prefix*" is exactly the range; anything else needs Redis's matcher.
+            if set("*?[\\").intersection(stripped):
+                clauses.append("redis_glob(?, key)")
+                params.append(pattern)
+        return " AND ".join(clauses), params
+
+    async def keys(self, pattern: str = "*") -> list[str]:
+        """Live keys matching the Redis glob ``pattern``, sorted."""
+        where, params = self._key_query(check_pattern(pattern))
+        sql = f"SELECT key FROM taskiq_flow_storage WHERE {where} ORDER BY key"  # noqa: S608 - fixed fragments
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            with _MapErrors("keys"):
+                rows = await conn.execute_fetchall(sql, params)
+        return [key for (key,) in rows]
+
+    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate live keys matching ``pattern``, ``_PAGE`` keys per query, in key order."""
+        where, params = self._key_query(check_pattern(pattern))
+        first = f"SELECT key FROM taskiq_flow_storage WHERE {where} ORDER BY key LIMIT ?"  # noqa: S608 - fixed fragments
+        after = (
+            f"SELECT key FROM taskiq_flow_storage WHERE key > ? AND {where} ORDER BY key LIMIT ?"  # noqa: S608 - fixed fragments
+        )
+        last: str | None = None
+        while True:
+            async with self._lock:
+                conn = self._conn or await self._connect()
+                with _MapErrors("iter_keys"):
+                    if last is None:
+                        rows = list(await conn.execute_fetchall(first, [*params, _PAGE]))
+                    else:
+                        rows = list(await conn.execute_fetchall(after, [last, *params, _PAGE]))
+            for (key,) in rows:
+                yield key
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1][0]
+
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """Values of the live keys among ``keys``, ``_CHUNK`` keys per query."""
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        stored: dict[str, Any] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            sql = (
+                "SELECT key, value FROM taskiq_flow_storage WHERE key IN ("  # noqa: S608 - placeholders only
+                + ", ".join("?" * len(chunk))
+                + f") AND {_LIVE}"
+            )
+            async with self._lock:
+                conn = self._conn or await self._connect()
+                with _MapErrors("get_many"):
+                    rows = await conn.execute_fetchall(sql, [*chunk, time.time()])
+            for key, blob in rows:
+                if not isinstance(blob, bytes):
+                    raise StorageCorruptError(key, "stored value is not bytes")
+                stored[key] = decode(key, blob, type)
+        # In the order asked for, as the other backends answer.
+        return {key: stored[key] for key in wanted if key in stored}
+
+    async def _transaction(
+        self, operation: str, sql: str, rows: list[tuple[Any, ...]]
+    ) -> aiosqlite.Cursor:
+        conn = self._conn or await self._connect()
+        with _MapErrors(operation):
+            # IMMEDIATE takes the write lock up front, so busy_timeout applies to it.
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await conn.executemany(sql, rows)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+        return cursor
+
+    async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
+        """Store every item in one transaction; nothing is written if one value fails."""
+        ttl = self._ttl(ttl_seconds)
+        blobs = [(check_key(key), encode(key, value)) for key, value in items.items()]
+        if not blobs:
+            return
+        async with self._lock:
+            now = time.time()
+            expires = None if ttl is None else now + ttl
+            await self._transaction(
+                "set_many", _UPSERT, [(key, blob, now, expires) for key, blob in blobs]
+            )
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys`` in one transaction; how many live entries were removed."""
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        if not wanted:
+            return 0
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            now = time.time()
+            removed = 0
+            with _MapErrors("delete_many"):
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(wanted), _CHUNK):
+                        chunk = wanted[start : start + _CHUNK]
+                        sql = (
+                            "DELETE FROM taskiq_flow_storage WHERE key IN ("  # noqa: S608 - placeholders only
+                            + ", ".join("?" * len(chunk))
+                            + ") RETURNING expires_at"
+                        )
+                        rows = await conn.execute_fetchall(sql, chunk)
+                        removed += sum(1 for (exp,) in rows if exp is None or now < exp)
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+        return removed
+
+    async def cleanup(self, ttl_seconds: int | None = None) -> int:
+        """Remove expired entries, and with ``ttl_seconds`` entries at least that old."""
+        age = check_ttl(ttl_seconds)
+        async with self._lock:
+            conn = self._conn or await self._connect()
+            now = time.time()
+            with _MapErrors("cleanup"):
+                if age is None:
+                    cursor = await conn.execute(_CLEANUP, (now,))
+                else:
+                    cursor = await conn.execute(_CLEANUP_AGE, (now, now - age))
+                return int(cursor.rowcount)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent; the next call reconnects)."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with _MapErrors("close"):
+                    await conn.close()
