@@ -287,7 +287,8 @@ class TaskiqFlowConfig:
         object.__setattr__(self, "_sources", sources)
         self._check_backend_needs()
 
-    def _source_name(self, name: str) -> str:
+    def source_label(self, name: str) -> str:
+        """The name to blame for a setting: its variable if read from the environment."""
         if self._sources.get(name) == "environment":
             return _BY_NAME[name].env_var
         return name
@@ -301,7 +302,7 @@ class TaskiqFlowConfig:
         for type_field, backend, needed, what in needs:
             if getattr(self, type_field) == backend and getattr(self, needed) is None:
                 msg = (
-                    f"{self._source_name(type_field)}={backend!r} needs {what}: set "
+                    f"{self.source_label(type_field)}={backend!r} needs {what}: set "
                     f"{_BY_NAME[needed].env_var} or pass {needed}=...; taskiq-flow never "
                     f"connects to a default server on its own"
                 )

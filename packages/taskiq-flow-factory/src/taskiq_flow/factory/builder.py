@@ -1,0 +1,139 @@
+"""``StorageAdapterFactory``: adapters and middlewares built from a ``TaskiqFlowConfig``."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, TypedDict
+
+from taskiq_flow.config import BackendNotInstalledError, TaskiqFlowConfig
+
+if TYPE_CHECKING:
+    from taskiq_flow.cache import BaseCacheAdapter
+    from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
+    from taskiq_flow.storage import BaseStorageAdapter
+
+__all__ = ["DefaultMiddlewares", "StorageAdapterFactory"]
+
+
+class DefaultMiddlewares(TypedDict):
+    """What ``create_default_middlewares`` returns; add ``cache`` before ``storage``."""
+
+    cache: CacheMiddleware
+    storage: StorageMiddleware
+
+
+def _require_redis(side: str, config: TaskiqFlowConfig) -> None:
+    # Check the driver itself, so that an ImportError from a real bug is never relabelled.
+    if importlib.util.find_spec("redis") is None:
+        source = config.source_label(f"{side}_type")
+        extra = f"taskiq-flow-{side}[redis]"
+        raise BackendNotInstalledError("redis", extra, source=source)
+
+
+class StorageAdapterFactory:
+    """Builds storage and cache adapters, and both middlewares, from one configuration.
+
+    Every method takes an optional ``TaskiqFlowConfig``; without one it reads the
+    ``TASKIQ_FLOW_*`` environment variables (``TaskiqFlowConfig()``). The ``auto``
+    type picks Redis when that side has a Redis URL, SQLite when storage has a SQLite
+    path, and in-memory otherwise; it never connects to a server nobody configured.
+    Adapters connect lazily, on first use, inside the running event loop.
+    """
+
+    @staticmethod
+    def create_storage_adapter(config: TaskiqFlowConfig | None = None) -> BaseStorageAdapter:
+        """Return the storage adapter the configuration selects.
+
+        Raises:
+            ConfigError: a setting is invalid (raised while reading the environment).
+            BackendNotInstalledError: Redis is selected but ``redis`` is not installed.
+        """
+        config = TaskiqFlowConfig() if config is None else config
+        kind = config.resolved_storage_type
+        if kind == "redis":
+            _require_redis("storage", config)
+            from taskiq_flow.storage import RedisStorageAdapter  # noqa: PLC0415
+
+            return RedisStorageAdapter(
+                redis_url=config.storage_redis_url,
+                ttl_seconds=config.storage_ttl_seconds,
+                key_prefix=config.storage_key_prefix,
+            )
+        if kind == "sqlite":
+            from taskiq_flow.storage import SQLiteStorageAdapter  # noqa: PLC0415
+
+            assert config.storage_sqlite_path is not None  # noqa: S101  (auto rules)
+            return SQLiteStorageAdapter(
+                config.storage_sqlite_path, ttl_seconds=config.storage_ttl_seconds
+            )
+        from taskiq_flow.storage import InMemoryStorageAdapter  # noqa: PLC0415
+
+        return InMemoryStorageAdapter(
+            max_entries=config.storage_max_entries, ttl_seconds=config.storage_ttl_seconds
+        )
+
+    @staticmethod
+    def create_cache_adapter(config: TaskiqFlowConfig | None = None) -> BaseCacheAdapter:
+        """Return the cache adapter the configuration selects.
+
+        Raises:
+            ConfigError: a setting is invalid (raised while reading the environment).
+            BackendNotInstalledError: Redis is selected but ``redis`` is not installed.
+        """
+        config = TaskiqFlowConfig() if config is None else config
+        if config.resolved_cache_type == "redis":
+            _require_redis("cache", config)
+            from taskiq_flow.cache import RedisCacheAdapter  # noqa: PLC0415
+
+            return RedisCacheAdapter(
+                redis_url=config.cache_redis_url,
+                default_ttl=config.cache_default_ttl,
+                lock_timeout=config.cache_lock_timeout,
+                key_prefix=config.cache_key_prefix,
+            )
+        from taskiq_flow.cache import InMemoryCacheAdapter  # noqa: PLC0415
+
+        return InMemoryCacheAdapter(
+            max_entries=config.cache_max_entries, default_ttl=config.cache_default_ttl
+        )
+
+    @classmethod
+    def create_cache_middleware(cls, config: TaskiqFlowConfig | None = None) -> CacheMiddleware:
+        """Return a ``CacheMiddleware`` over ``create_cache_adapter(config)``."""
+        from taskiq_flow.middlewares import CacheMiddleware  # noqa: PLC0415
+
+        config = TaskiqFlowConfig() if config is None else config
+        return CacheMiddleware(
+            cache=cls.create_cache_adapter(config),
+            default_ttl=config.cache_default_ttl,
+            enabled=config.cache_enabled,
+        )
+
+    @classmethod
+    def create_storage_middleware(cls, config: TaskiqFlowConfig | None = None) -> StorageMiddleware:
+        """Return a ``StorageMiddleware`` over ``create_storage_adapter(config)``."""
+        from taskiq_flow.middlewares import StorageMiddleware  # noqa: PLC0415
+
+        config = TaskiqFlowConfig() if config is None else config
+        return StorageMiddleware(
+            storage=cls.create_storage_adapter(config),
+            enabled=config.storage_enabled,
+            ttl_seconds=config.storage_ttl_seconds,
+        )
+
+    @classmethod
+    def create_default_middlewares(
+        cls, config: TaskiqFlowConfig | None = None
+    ) -> DefaultMiddlewares:
+        """Return ``{"cache": CacheMiddleware, "storage": StorageMiddleware}`` for the config.
+
+        Add them in that order, so that a cache hit short-circuits before storage::
+
+            middlewares = StorageAdapterFactory.create_default_middlewares()
+            broker.add_middlewares(middlewares["cache"], middlewares["storage"])
+        """
+        config = TaskiqFlowConfig() if config is None else config
+        return {
+            "cache": cls.create_cache_middleware(config),
+            "storage": cls.create_storage_middleware(config),
+        }
