@@ -1,0 +1,53 @@
+"""Errors raised by dataflow pipelines.
+
+``PipelineError`` is the root; it inherits the package's ``MiddlewareError`` (itself a
+taskiq ``TaskiqError``), so ``except TaskiqError`` keeps catching everything. Messages are built
+from the declared fields (taskiq's templated-exception style).
+"""
+
+from __future__ import annotations
+
+from taskiq.exceptions import TaskiqResultTimeoutError
+
+from taskiq_flow.middlewares.errors import MiddlewareError
+
+__all__ = [
+    "PipelineDefinitionError",
+    "PipelineError",
+    "PipelineStepError",
+    "PipelineTimeoutError",
+]
+
+
+class PipelineError(MiddlewareError):
+    """Root of every error raised by ``taskiq_flow.middlewares.pipeline``."""
+
+    __template__ = "taskiq-flow pipeline error"
+
+
+class PipelineDefinitionError(PipelineError, ValueError):
+    """The pipeline, its inputs or its ``pipeline_id`` are invalid; nothing was sent."""
+
+    __template__ = "{reason}"
+    reason: str
+
+
+class PipelineStepError(PipelineError):
+    """A node of a run failed for good (after any retries); the run stopped there."""
+
+    __template__ = (
+        "pipeline {pipeline_id!r}: node {node!r} (task {task_id}) failed with "
+        "{error_type}: {error_message}"
+    )
+    pipeline_id: str
+    node: str
+    task_id: str
+    error_type: str
+    error_message: str
+
+
+class PipelineTimeoutError(PipelineError, TaskiqResultTimeoutError):
+    """``wait_result`` gave up before the run finished (the run itself goes on)."""
+
+    __template__ = "pipeline {pipeline_id!r} did not finish within {timeout} seconds"
+    pipeline_id: str
