@@ -181,7 +181,7 @@ class RedisCacheAdapter(BaseCacheAdapter):
             except ValueError as exc:
                 msg = f"invalid Redis URL: {exc}"
                 raise CacheValueError(msg) from exc
-            self._client = aioredis.Redis(connection_pool=pool)
+            self._client = aioredis.Redis.from_pool(pool)
             self._owns_client = True
             user_timeout = socket_timeout
         self.key_prefix = key_prefix

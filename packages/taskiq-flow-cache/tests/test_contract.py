@@ -1,0 +1,434 @@
+"""The contract every cache adapter keeps: run over the in-memory and the Redis adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from taskiq_flow.cache import (
+    BaseCacheAdapter,
+    CacheError,
+    CacheLockTimeout,
+    CacheSerializationError,
+    CacheValueError,
+    InMemoryCacheAdapter,
+)
+
+CacheFactory = Callable[..., BaseCacheAdapter]
+
+
+async def write_raw(cache: BaseCacheAdapter, key: str, payload: bytes) -> None:
+    """Put raw (possibly corrupt) bytes under ``key``, bypassing the codec."""
+    if isinstance(cache, InMemoryCacheAdapter):
+        cache._store(key, payload, None)
+    else:
+        await cache.client.set(cache.key_prefix + "v:" + key, payload)  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+async def test_set_get_delete(cache: BaseCacheAdapter) -> None:
+    assert await cache.get("missing") is None
+    assert await cache.get("missing", default=7) == 7
+    await cache.set("k", {"a": [1, 2, 3]})
+    assert await cache.get("k") == {"a": [1, 2, 3]}
+    assert await cache.delete("k") is True
+    assert await cache.delete("k") is False
+    assert await cache.get("k") is None
+
+
+async def test_values_round_trip_including_bytes_and_none(cache: BaseCacheAdapter) -> None:
+    values: dict[str, Any] = {
+        "bytes": b"\x00\xffpre-encoded payload",
+        "none": None,
+        "int": 2**40,
+        "float": 1.5,
+        "str": "héllo",
+        "list": [1, "a", None],
+        "nested": {"k": {"j": [b"x"]}},
+        "point": Point(1, 2),
+    }
+    for key, value in values.items():
+        await cache.set(key, value)
+    assert await cache.get("bytes") == values["bytes"]
+    assert await cache.get("none", default="sentinel") is None
+    assert await cache.get("nested") == {"k": {"j": [b"x"]}}
+    assert await cache.get("point") == {"x": 1, "y": 2}
+
+
+async def test_stored_value_is_a_copy(cache: BaseCacheAdapter) -> None:
+    value = {"items": [1]}
+    await cache.set("k", value)
+    value["items"].append(2)
+    assert await cache.get("k") == {"items": [1]}
+
+
+async def test_invalidate_is_delete(cache: BaseCacheAdapter) -> None:
+    await cache.set("k", 1)
+    assert await cache.invalidate("k") is True
+    assert await cache.get("k") is None
+    assert await cache.invalidate("k") is False
+
+
+async def test_clear_removes_every_entry(cache: BaseCacheAdapter) -> None:
+    for i in range(5):
+        await cache.set(f"k{i}", i)
+    assert await cache.clear() == 5
+    assert await cache.get("k0") is None
+    assert await cache.clear() == 0
+
+
+async def test_ttl_expiry(cache: BaseCacheAdapter) -> None:
+    await cache.set("short", "v", ttl_seconds=1)
+    await cache.set("long", "v", ttl_seconds=60)
+    assert await cache.get("short") == "v"
+    await asyncio.sleep(1.1)
+    assert await cache.get("short") is None
+    assert await cache.get("long") == "v"
+
+
+async def test_default_ttl_applies(make_cache: CacheFactory) -> None:
+    cache = make_cache(default_ttl=1)
+    await cache.set("k", "v")
+    await cache.get_or_create("g", lambda: "v")
+    await asyncio.sleep(1.1)
+    assert await cache.get("k") is None
+    assert await cache.get("g") is None
+
+
+# -- get_or_create -----------------------------------------------------------------------------
+
+
+async def test_get_or_create_sync_creator_runs_in_a_thread(cache: BaseCacheAdapter) -> None:
+    threads: list[int] = []
+
+    def creator() -> str:
+        threads.append(threading.get_ident())
+        return "made"
+
+    assert await cache.get_or_create("k", creator, 60) == "made"
+    assert threads
+    assert threads[0] != threading.get_ident()
+    assert await cache.get_or_create("k", creator, 60) == "made"
+    assert len(threads) == 1
+
+
+async def test_get_or_create_async_creator_runs_in_the_callers_task(
+    cache: BaseCacheAdapter,
+) -> None:
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def creator() -> list[int]:
+        tasks.append(asyncio.current_task())
+        return [1, 2]
+
+    assert await cache.get_or_create("k", creator, 60) == [1, 2]
+    assert tasks == [asyncio.current_task()]
+    assert await cache.get_or_create("k", creator, 60) == [1, 2]
+    assert len(tasks) == 1
+
+
+async def test_get_or_create_returns_what_a_hit_returns(cache: BaseCacheAdapter) -> None:
+    first = await cache.get_or_create("k", lambda: (1, Point(3, 4)), 60)
+    second = await cache.get_or_create("k", lambda: "never", 60)
+    assert first == second == [1, {"x": 3, "y": 4}]
+
+
+async def test_stats_count_hits_misses_and_hit_rate(cache: BaseCacheAdapter) -> None:
+    stats = cache.get_stats()
+    assert stats["hits"] == 0
+    assert stats["hit_rate"] == 0.0
+    assert stats["scope"] == "process"
+    await cache.get_or_create("k", lambda: 1, 60)  # miss + regeneration
+    for _ in range(3):
+        await cache.get_or_create("k", lambda: 1, 60)  # hits
+    await cache.get("absent")  # miss
+    stats = cache.get_stats()
+    assert stats["hits"] == 3
+    assert stats["misses"] == 2
+    assert stats["hit_rate"] == pytest.approx(0.6)
+    assert stats["regenerations"] == 1
+    assert stats["errors"] == 0
+    for name in ("stale_hits", "lock_waits", "regenerations", "errors"):
+        assert isinstance(stats[name], int)
+
+
+async def test_stampede_500_callers_one_creation_loop_never_blocked(
+    cache: BaseCacheAdapter,
+) -> None:
+    calls = 0
+
+    def creator() -> str:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.6)  # a blocking creator: it must run off the event loop
+        return "expensive"
+
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            ticks.append(loop.time())
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    results = await asyncio.gather(
+        *(cache.get_or_create("cold", creator, 60) for _ in range(500))
+    )
+    stop.set()
+    await ticking
+    assert calls == 1
+    assert results == ["expensive"] * 500
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert len(ticks) >= 20
+    assert max(gaps) < 0.3, f"event loop stalled for {max(gaps):.3f}s"
+    stats = cache.get_stats()
+    assert stats["regenerations"] == 1
+    assert stats["lock_waits"] == 499
+
+
+async def test_creator_error_reaches_every_waiter_nothing_cached_next_call_retries(
+    cache: BaseCacheAdapter,
+) -> None:
+    class BoomError(RuntimeError):
+        pass
+
+    calls = 0
+
+    async def failing() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        raise BoomError("creator failed")
+
+    results = await asyncio.gather(
+        *(cache.get_or_create("k", failing, 60) for _ in range(50)), return_exceptions=True
+    )
+    assert calls == 1
+    assert all(type(r) is BoomError for r in results)
+    assert await cache.get("k", default="absent") == "absent"
+    assert cache.get_stats()["creator_errors"] == 1
+
+    async def working() -> str:
+        nonlocal calls
+        calls += 1
+        return "ok"
+
+    assert await cache.get_or_create("k", working, 60) == "ok"
+    assert calls == 2
+
+
+async def test_sync_creator_error_propagates_with_its_type(cache: BaseCacheAdapter) -> None:
+    def failing() -> int:
+        raise KeyError("missing input")
+
+    with pytest.raises(KeyError, match="missing input"):
+        await cache.get_or_create("k", failing, 60)
+
+
+async def test_callers_with_their_own_contextvars(cache: BaseCacheAdapter) -> None:
+    caller = contextvars.ContextVar[int]("caller")
+    seen: list[int] = []
+
+    async def creator() -> int:
+        seen.append(caller.get())
+        await asyncio.sleep(0.05)
+        return caller.get()
+
+    def sync_creator() -> int:
+        seen.append(caller.get())
+        time.sleep(0.05)
+        return caller.get()
+
+    async def one(i: int, key: str, make: Callable[[], Any]) -> Any:
+        caller.set(i)
+        return await cache.get_or_create(key, make, 60)
+
+    for key, make in (("async", creator), ("sync", sync_creator)):
+        seen.clear()
+        tasks = [asyncio.create_task(one(i, key, make)) for i in range(40)]
+        results = await asyncio.gather(*tasks)
+        assert len(seen) == 1
+        assert set(results) == {seen[0]}
+
+
+async def test_cancelled_leader_hands_over_to_a_waiter(cache: BaseCacheAdapter) -> None:
+    calls = 0
+
+    async def creator() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)
+        return f"v{calls}"
+
+    leader = asyncio.create_task(cache.get_or_create("k", creator, 60))
+    await asyncio.sleep(0.05)
+    waiters = [asyncio.create_task(cache.get_or_create("k", creator, 60)) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    results = await asyncio.gather(*waiters)
+    assert results == ["v2"] * 5
+    assert calls == 2
+    assert leader.cancelled()
+
+
+async def test_waiter_gives_up_after_max_wait(make_cache: CacheFactory) -> None:
+    cache = make_cache(max_wait=0.3)
+
+    async def slow() -> str:
+        await asyncio.sleep(1.0)
+        return "late"
+
+    leader = asyncio.create_task(cache.get_or_create("k", slow, 60))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(CacheLockTimeout) as info:
+        await cache.get_or_create("k", slow, 60)
+    assert 0.2 < time.monotonic() - started < 0.8
+    assert isinstance(info.value, TimeoutError)
+    assert "k" in str(info.value)
+    assert await leader == "late"  # the waiter giving up never cancels the creation
+    assert cache.get_stats()["lock_timeouts"] == 1
+
+
+# -- stale-while-revalidate ----------------------------------------------------------------------
+
+
+async def test_stale_while_revalidate(cache: BaseCacheAdapter) -> None:
+    assert await cache.get_or_create("k", lambda: "old", 1, stale_ttl=30) == "old"
+    await asyncio.sleep(1.05)
+    calls = 0
+
+    async def regenerate() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.5)
+        return "new"
+
+    async def timed() -> tuple[Any, float]:
+        started = time.monotonic()
+        value = await cache.get_or_create("k", regenerate, 1, stale_ttl=30)
+        return value, time.monotonic() - started
+
+    results = await asyncio.gather(*(timed() for _ in range(20)))
+    assert calls == 1
+    fresh = [r for r in results if r[0] == "new"]
+    stale = [r for r in results if r[0] == "old"]
+    assert len(fresh) == 1
+    assert fresh[0][1] >= 0.45
+    assert len(stale) == 19
+    assert max(elapsed for _, elapsed in stale) < 0.25  # served at once, no waiting
+    assert cache.get_stats()["stale_hits"] == 19
+    assert await cache.get_or_create("k", regenerate, 1, stale_ttl=30) == "new"
+    assert calls == 1
+
+
+async def test_stale_entry_hard_expires_after_the_window(cache: BaseCacheAdapter) -> None:
+    await cache.get_or_create("k", lambda: "old", 1, stale_ttl=1)
+    await asyncio.sleep(2.1)
+    assert await cache.get("k") is None
+
+
+async def test_adapter_default_stale_ttl(make_cache: CacheFactory) -> None:
+    cache = make_cache(stale_ttl=30)
+    await cache.get_or_create("k", lambda: "old", 1)
+    await asyncio.sleep(1.05)
+    regenerating = asyncio.create_task(cache.get_or_create("k", _slow_new, 1))
+    await asyncio.sleep(0.05)
+    assert await cache.get_or_create("k", _slow_new, 1) == "old"
+    assert await regenerating == "new"
+
+
+async def _slow_new() -> str:
+    await asyncio.sleep(0.3)
+    return "new"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [0, -1, 1.5, "10", True])
+async def test_bad_ttl_is_a_value_error(cache: BaseCacheAdapter, ttl: Any) -> None:
+    with pytest.raises(CacheValueError) as info:
+        await cache.set("k", 1, ttl_seconds=ttl)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        await cache.get_or_create("k", lambda: 1, ttl)
+    with pytest.raises(ValueError, match="stale_ttl"):
+        await cache.get_or_create("k", lambda: 1, 10, stale_ttl=ttl)
+    assert await cache.get("k") is None
+
+
+@pytest.mark.parametrize("key", ["", 5, None, b"k"])
+async def test_bad_key_is_a_value_error(cache: BaseCacheAdapter, key: Any) -> None:
+    with pytest.raises(CacheValueError):
+        await cache.set(key, 1)
+    with pytest.raises(CacheValueError):
+        await cache.get(key)
+    with pytest.raises(CacheValueError):
+        await cache.get_or_create(key, lambda: 1)
+
+
+async def test_unencodable_value_is_a_serialization_error(cache: BaseCacheAdapter) -> None:
+    with pytest.raises(CacheSerializationError) as info:
+        await cache.set("k", object())
+    assert isinstance(info.value, TypeError)
+    assert "'k'" in str(info.value)
+    assert "object" in str(info.value)
+    assert await cache.get("k") is None
+
+    results = await asyncio.gather(
+        *(cache.get_or_create("k", lambda: {1, object()}, 60) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert all(type(r) is CacheSerializationError for r in results)
+    assert await cache.get("k") is None
+    assert await cache.get_or_create("k", lambda: "fine", 60) == "fine"
+
+
+async def test_corrupt_bytes_are_a_logged_miss(
+    cache: BaseCacheAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    await write_raw(cache, "k", b"\xc1\xc1 not msgpack")
+    with caplog.at_level(logging.WARNING, logger="taskiq_flow.cache"):
+        assert await cache.get("k", default="miss") == "miss"
+        assert await cache.get_or_create("k", lambda: "rebuilt", 60) == "rebuilt"
+    assert "corrupt" in caplog.text
+    assert "'k'" in caplog.text
+    assert await cache.get("k") == "rebuilt"
+    assert cache.get_stats()["corrupt_entries"] == 2
+
+
+async def test_errors_share_one_root() -> None:
+    for exc_type in (CacheValueError, CacheSerializationError, CacheLockTimeout):
+        assert issubclass(exc_type, CacheError)
+
+
+async def test_stale_ttl_without_any_ttl_is_rejected(make_cache: CacheFactory) -> None:
+    cache = make_cache(default_ttl=None)
+    with pytest.raises(CacheValueError, match="stale_ttl"):
+        await cache.get_or_create("k", lambda: 1, stale_ttl=5)
+
+
+async def test_async_context_manager_closes(make_cache: CacheFactory) -> None:
+    async with make_cache() as cache:
+        await cache.set("k", 1)
+        assert await cache.get("k") == 1

@@ -1,0 +1,254 @@
+"""Redis-only behaviour: one command per hit, push wake-up, key isolation, a dead server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from taskiq_flow.cache import CacheConnectionError, CacheLockTimeout, CacheValueError
+from taskiq_flow.cache.redis import DEFAULT_KEY_PREFIX, RedisCacheAdapter
+from taskiq_flow_testing import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+STORAGE_DEFAULT_PREFIX = "taskiq_flow:"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    raw = aioredis.Redis.from_url(redis_url)
+    yield raw
+    await raw.aclose()
+
+
+async def _commands_since_reset(client: aioredis.Redis) -> dict[str, int]:
+    info: dict[str, Any] = await client.info("commandstats")
+    ignored = {"cmdstat_info", "cmdstat_config|resetstat"}
+    return {name: stat["calls"] for name, stat in info.items() if name not in ignored}
+
+
+async def test_a_fresh_hit_is_exactly_one_command(client: aioredis.Redis) -> None:
+    cache = RedisCacheAdapter(client=client)
+    assert await cache.get_or_create("k", lambda: {"v": 1}, 60) == {"v": 1}
+    await client.config_resetstat()
+    assert await cache.get_or_create("k", lambda: {"v": 2}, 60) == {"v": 1}
+    assert await _commands_since_reset(client) == {"cmdstat_get": 1}
+
+    await client.config_resetstat()
+    assert await cache.get("k") == {"v": 1}
+    assert await _commands_since_reset(client) == {"cmdstat_get": 1}
+    await cache.close()
+    assert await client.ping()  # a borrowed client stays open
+
+
+async def test_a_miss_takes_the_lease_in_one_script(client: aioredis.Redis) -> None:
+    cache = RedisCacheAdapter(client=client)
+    await cache.get_or_create("warm-up", lambda: 1, 60)  # loads the scripts
+    await client.config_resetstat()
+    await cache.get_or_create("k", lambda: 1, 60)
+    info: dict[str, Any] = await client.info("commandstats")
+    # Round trips: GET (the miss), EVALSHA acquire, EVALSHA commit (SET + release + wake).
+    # commandstats also counts the commands the scripts run inside Redis.
+    assert info["cmdstat_evalsha"]["calls"] == 2
+    assert info["cmdstat_evalsha"]["failed_calls"] == 0
+    assert "cmdstat_script|load" not in info
+
+
+async def test_lease_key_is_released_after_success_and_failure(client: aioredis.Redis) -> None:
+    cache = RedisCacheAdapter(client=client)
+    await cache.get_or_create("ok", lambda: 1, 60)
+
+    def failing() -> int:
+        raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        await cache.get_or_create("bad", failing, 60)
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:ok") == 0
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:bad") == 0
+    assert await client.exists(DEFAULT_KEY_PREFIX + "v:bad") == 0
+    assert 0 < await client.pttl(DEFAULT_KEY_PREFIX + "v:ok") <= 60_000
+
+
+async def test_waiters_in_other_adapters_are_woken_by_push(redis_url: str) -> None:
+    """Three other "processes" (adapters) wait; they return right after the commit.
+
+    The poll interval is 5 s, so returning within a fraction of it proves the push.
+    """
+    holder = RedisCacheAdapter(redis_url, lock_timeout=10, poll_interval=5)
+    waiters = [RedisCacheAdapter(redis_url, lock_timeout=10, poll_interval=5) for _ in range(3)]
+    committed_at = 0.0
+
+    async def creator() -> str:
+        nonlocal committed_at
+        await asyncio.sleep(0.4)
+        committed_at = time.monotonic()
+        return "pushed"
+
+    async def wait_on(adapter: RedisCacheAdapter) -> tuple[Any, float]:
+        value = await adapter.get_or_create("k", lambda: "not me", 60)
+        return value, time.monotonic()
+
+    try:
+        leader = asyncio.create_task(holder.get_or_create("k", creator, 60))
+        await asyncio.sleep(0.1)
+        results = await asyncio.gather(*(wait_on(w) for w in waiters))
+        assert await leader == "pushed"
+        for value, finished in results:
+            assert value == "pushed"
+            assert finished - committed_at < 0.5
+        assert [w.get_stats()["lock_waits"] for w in waiters] == [1, 1, 1]
+    finally:
+        for adapter in (holder, *waiters):
+            await adapter.close()
+
+
+async def test_cross_process_waiter_times_out(redis_url: str) -> None:
+    holder = RedisCacheAdapter(redis_url)
+    waiter = RedisCacheAdapter(redis_url, max_wait=0.3)
+
+    async def slow() -> str:
+        await asyncio.sleep(0.8)
+        return "late"
+
+    try:
+        leader = asyncio.create_task(holder.get_or_create("k", slow, 60))
+        await asyncio.sleep(0.05)
+        with pytest.raises(CacheLockTimeout):
+            await waiter.get_or_create("k", slow, 60)
+        assert await leader == "late"
+        assert await waiter.get_or_create("k", slow, 60) == "late"
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+async def test_default_prefix_is_disjoint_from_storage(client: aioredis.Redis) -> None:
+    assert not DEFAULT_KEY_PREFIX.startswith(STORAGE_DEFAULT_PREFIX)
+    await client.set(STORAGE_DEFAULT_PREFIX + "task:1", b"storage record")
+    await client.set("unrelated", b"x")
+    cache = RedisCacheAdapter(client=client)
+    other = RedisCacheAdapter(client=client, key_prefix="other_app:")
+    await cache.set("task:1", "cached")
+    await other.set("task:1", "other")
+    storage_view = [k async for k in client.scan_iter(match=STORAGE_DEFAULT_PREFIX + "*")]
+    assert storage_view == [(STORAGE_DEFAULT_PREFIX + "task:1").encode()]
+    assert await cache.clear() == 1
+    assert await client.get(STORAGE_DEFAULT_PREFIX + "task:1") == b"storage record"
+    assert await client.get("unrelated") == b"x"
+    assert await other.get("task:1") == "other"
+
+
+async def test_clear_escapes_glob_characters_in_the_prefix(client: aioredis.Redis) -> None:
+    star = RedisCacheAdapter(client=client, key_prefix="app*:")
+    plain = RedisCacheAdapter(client=client, key_prefix="appX:")
+    await star.set("k", 1)
+    await plain.set("k", 2)
+    assert await star.clear() == 1
+    assert await plain.get("k") == 2
+
+
+async def test_constructor_rejects_bad_options(redis_url: str, client: aioredis.Redis) -> None:
+    with pytest.raises(CacheValueError):
+        RedisCacheAdapter()
+    with pytest.raises(CacheValueError):
+        RedisCacheAdapter(redis_url, client=client)
+    with pytest.raises(CacheValueError):
+        RedisCacheAdapter(redis_url, key_prefix="")
+    for bad in (0, -1, "10", True):
+        with pytest.raises(CacheValueError):
+            RedisCacheAdapter(redis_url, lock_timeout=bad)
+    with pytest.raises(CacheValueError):
+        RedisCacheAdapter(redis_url, default_ttl=0)
+    with pytest.raises(CacheValueError):
+        RedisCacheAdapter("not a url")
+    decoding = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(CacheValueError, match="decode_responses"):
+            RedisCacheAdapter(client=decoding)
+    finally:
+        await decoding.aclose()
+
+
+async def test_repr_hides_the_password() -> None:
+    cache = RedisCacheAdapter("redis://user:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in repr(cache)
+    assert "127.0.0.1" in repr(cache)
+    await cache.close()
+
+
+# -- a server that is down -------------------------------------------------------------------
+
+
+async def test_unreachable_server_fails_promptly_or_falls_back() -> None:
+    cache = RedisCacheAdapter(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CacheConnectionError):
+            await cache.get("k")
+        with pytest.raises(CacheConnectionError):
+            await cache.set("k", 1)
+        with pytest.raises(CacheConnectionError):
+            await cache.get_or_create("k", lambda: 1, 60)
+        assert time.monotonic() - started < 3
+
+        assert await cache.get_or_create("k", lambda: "uncached", 60, fallback_on_error=True) == (
+            "uncached"
+        )
+        stats = cache.get_stats()
+        assert stats["backend_errors"] >= 4
+        assert stats["errors"] >= 4
+    finally:
+        await cache.close()
+
+
+async def test_killed_and_restarted_server(redis_server: RedisServer) -> None:
+    cache = RedisCacheAdapter(redis_server.url, fallback_on_error=True, connect_timeout=0.5)
+    try:
+        await cache.set("k", "v")
+        redis_server.kill()
+        started = time.monotonic()
+        with pytest.raises(CacheConnectionError):
+            await cache.get("k")
+        calls = 0
+
+        def creator() -> str:
+            nonlocal calls
+            calls += 1
+            return "computed"
+
+        assert await cache.get_or_create("k", creator, 60) == "computed"
+        with pytest.raises(CacheConnectionError):
+            await cache.get_or_create("k", creator, 60, fallback_on_error=False)
+        assert time.monotonic() - started < 3
+        assert calls == 1
+
+        redis_server.start()
+        assert await cache.get_or_create("k", creator, 60) == "computed"
+        assert calls == 2
+        assert await cache.get("k") == "computed"
+    finally:
+        await cache.close()
+
+
+async def test_a_hung_server_times_out(redis_server: RedisServer) -> None:
+    cache = RedisCacheAdapter(redis_server.url, socket_timeout=0.5, connect_timeout=0.5)
+    pid = redis_server._proc.pid  # type: ignore[union-attr]
+    try:
+        await cache.set("k", "v")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(CacheConnectionError):
+                await cache.get("k")
+            assert time.monotonic() - started < 2.5
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await cache.close()
