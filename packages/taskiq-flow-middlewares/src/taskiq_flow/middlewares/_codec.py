@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from taskiq_dependencies import Depends
+from taskiq_dependencies.dependency import Dependency
 
 from taskiq_flow.middlewares.errors import CachedTaskError
 
@@ -145,7 +145,10 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
 
 
 def _is_dependency(parameter: inspect.Parameter) -> bool:
-    return isinstance(parameter.default, Depends)
+    if isinstance(parameter.default, Dependency):
+        return True
+    metadata = getattr(parameter.annotation, "__metadata__", ())
+    return any(isinstance(item, Dependency) for item in metadata)
 
 
 def cache_key_digest(
