@@ -18,14 +18,14 @@ import asyncio
 import collections
 import contextvars
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.kicker import AsyncKicker
 
-from taskiq_flow.middlewares.pipeline.graph import RunSpec
+from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
 from taskiq_flow.middlewares.pipeline.state import (
     ClaimedStep,
     RunKeys,
@@ -36,6 +36,7 @@ from taskiq_flow.middlewares.storage import StorageMiddleware
 from taskiq_flow.storage import (
     BaseStorageAdapter,
     InMemoryStorageAdapter,
+    StorageConnectionError,
     StorageError,
     StorageSerializationError,
 )
@@ -54,6 +55,25 @@ class _Drain:
 
     owner: asyncio.Task[Any] | None
     queue: collections.deque[ClaimedStep] = field(default_factory=collections.deque)
+
+
+# Pauses between attempts when the storage is unreachable (then the error is logged).
+_BACKOFF = (0.05, 0.2, 0.8)
+
+_T = TypeVar("_T")
+
+
+async def _retrying(what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+    """Run an idempotent storage operation, retrying connection errors a few times."""
+    for pause in (*_BACKOFF, None):
+        try:
+            return await operation()
+        except StorageConnectionError as exc:
+            if pause is None:
+                raise
+            logger.warning("pipeline: could not %s (%s); retrying in %.2fs", what, exc, pause)
+            await asyncio.sleep(pause)
+    raise AssertionError  # pragma: no cover - the last attempt returns or raises
 
 
 _DRAIN: contextvars.ContextVar[_Drain | None] = contextvars.ContextVar(
@@ -146,7 +166,7 @@ class PipelineMiddleware(TaskiqMiddleware):
         if not pipeline_id or not node_name:
             return
         try:
-            steps = await self._finish_step(str(pipeline_id), str(node_name), result)
+            await self._finish_step(str(pipeline_id), str(node_name), result)
         except Exception:
             # A pipeline problem must never break the worker; the run will time out.
             self._counters["errors"] += 1
@@ -156,8 +176,6 @@ class PipelineMiddleware(TaskiqMiddleware):
                 node_name,
                 message.task_id,
             )
-            return
-        await self._dispatch(steps, nested=True)
 
     # -- the engine (also used by DataflowPipeline.kiq) ------------------------------------
 
@@ -168,6 +186,7 @@ class PipelineMiddleware(TaskiqMiddleware):
 
         Raises:
             StorageSerializationError: an input cannot be stored (the id is released).
+            StorageError: the storage failed (after bounded retries).
         """
         storage = self.storage
         keys = RunKeys(spec.pipeline_id)
@@ -184,9 +203,7 @@ class PipelineMiddleware(TaskiqMiddleware):
             raise
         self._remember(spec)
         self._counters["runs_started"] += 1
-        outcome = await advance(storage, spec)
-        self._count(outcome.claims_won, outcome.claims_lost, marked_done=outcome.marked_done)
-        await self._dispatch(outcome.steps, nested=False)
+        await self._advance(spec, nested=False)
         return True
 
     async def _finish_step(
@@ -194,9 +211,9 @@ class PipelineMiddleware(TaskiqMiddleware):
         pipeline_id: str,
         node_name: str,
         result: TaskiqResult[Any],
-    ) -> list[ClaimedStep]:
+    ) -> None:
         storage = self.storage
-        spec = await self._spec(pipeline_id)
+        spec = await _retrying("read the spec", lambda: self._spec(pipeline_id))
         if spec is None:
             logger.warning(
                 "pipeline %s: no spec in storage (expired or another store?); node %s "
@@ -204,39 +221,61 @@ class PipelineMiddleware(TaskiqMiddleware):
                 pipeline_id,
                 node_name,
             )
-            return []
+            return
         node = spec.node(node_name)
         if node is None:
             logger.warning("pipeline %s: unknown node %s", pipeline_id, node_name)
-            return []
-        keys = RunKeys(pipeline_id)
+            return
         if result.is_err:
             error = result.error
-            await self._fail(spec, node.name, type(error).__qualname__, str(error))
-            return []
+            await self._fail(spec, node, type(error).__qualname__, str(error))
+            return
+        key = RunKeys(pipeline_id).data(node.output)
         try:
-            await storage.add(keys.data(node.output), result.return_value, spec.ttl_seconds)
+            # add: a redelivered step cannot replace the value consumers already read.
+            await _retrying(
+                "write an output",
+                lambda: storage.add(key, result.return_value, spec.ttl_seconds),
+            )
         except StorageSerializationError as exc:
-            await self._fail(spec, node.name, type(exc).__qualname__, str(exc))
-            return []
+            await self._fail(spec, node, type(exc).__qualname__, str(exc))
+            return
         self._counters["steps_advanced"] += 1
         await self.before_readiness_check(pipeline_id, node.name)
-        outcome = await advance(storage, spec)
-        self._count(outcome.claims_won, outcome.claims_lost, marked_done=outcome.marked_done)
-        return outcome.steps
+        await self._advance(spec, nested=True)
 
-    async def _fail(self, spec: RunSpec, node_name: str, error_type: str, message: str) -> None:
-        node = spec.node(node_name)
-        if node is None:  # pragma: no cover - callers pass a node of the spec
-            return
+    async def _advance(self, spec: RunSpec, *, nested: bool) -> None:
+        """Run ``advance`` and send what it claimed; retry it on connection errors."""
+        for pause in (*_BACKOFF, None):
+            error: StorageError | None
+            try:
+                outcome = await advance(self.storage, spec)
+            except StorageConnectionError as exc:
+                error = exc
+            else:
+                self._count(outcome.claims_won, outcome.claims_lost, outcome.marked_done)
+                # Claims won before an error must be sent whatever happens next.
+                await self._dispatch(outcome.steps, nested=nested)
+                error = outcome.error
+                if error is None:
+                    return
+            if pause is None or not isinstance(error, StorageConnectionError):
+                raise error
+            logger.warning(
+                "pipeline %s: storage unreachable while advancing (%s); retrying in %.2fs",
+                spec.pipeline_id,
+                error,
+                pause,
+            )
+            await asyncio.sleep(pause)
+
+    async def _fail(self, spec: RunSpec, node: SpecNode, error_type: str, message: str) -> None:
         self._counters["steps_failed"] += 1
-        await self.storage.add(
-            RunKeys(spec.pipeline_id).failed,
-            failure_record(node, error_type, message),
-            spec.ttl_seconds,
-        )
+        record = failure_record(node, error_type, message)
+        key = RunKeys(spec.pipeline_id).failed
+        await _retrying("record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds))
 
-    def _count(self, won: int, lost: int, *, marked_done: bool) -> None:
+    def _count(self, won: int, lost: int, marked_done: bool) -> None:
         self._counters["claims_won"] += won
         self._counters["claims_lost"] += lost
         if marked_done:
@@ -296,6 +335,6 @@ class PipelineMiddleware(TaskiqMiddleware):
             self._counters["errors"] += 1
             logger.exception("pipeline %s: could not send node %s", spec.pipeline_id, node.name)
             try:
-                await self._fail(spec, node.name, type(exc).__qualname__, f"not sent: {exc}")
+                await self._fail(spec, node, type(exc).__qualname__, f"not sent: {exc}")
             except StorageError:
                 logger.exception("pipeline %s: could not record the failure", spec.pipeline_id)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
-from taskiq_flow.storage import BaseStorageAdapter
+from taskiq_flow.storage import BaseStorageAdapter, StorageError
 
 __all__ = ["Advance", "ClaimedStep", "RunKeys", "advance", "failure_record"]
 
@@ -67,6 +67,9 @@ class Advance:
     finished: bool = False
     # Whether this call's ``add(done)`` was the one that marked the run done.
     marked_done: bool = False
+    # A storage error that cut the claiming short; ``steps`` still holds the claims won
+    # before it (they must be sent), and advancing again is safe.
+    error: StorageError | None = None
 
 
 def failure_record(node: SpecNode, error_type: str, error_message: str) -> dict[str, Any]:
@@ -81,7 +84,12 @@ def failure_record(node: SpecNode, error_type: str, error_message: str) -> dict[
 
 
 async def advance(storage: BaseStorageAdapter, spec: RunSpec) -> Advance:
-    """Claim every ready, unclaimed node of the run; mark it done when all outputs exist."""
+    """Claim every ready, unclaimed node of the run; mark it done when all outputs exist.
+
+    Raises:
+        StorageError: the read failed (nothing was claimed). A failure after some claims
+            were won is returned in ``Advance.error`` instead, with those claims.
+    """
     keys = RunKeys(spec.pipeline_id)
     data_keys = {name: keys.data(name) for name in spec.data_names}
     claim_keys = {node.name: keys.claim(node.name) for node in spec.nodes}
@@ -91,25 +99,26 @@ async def advance(storage: BaseStorageAdapter, spec: RunSpec) -> Advance:
         outcome.failed = True
         return outcome
     present = {name for name, key in data_keys.items() if key in values}
-    claim = {"at": time.time()}
-    for node in spec.nodes:
-        if node.output in present or claim_keys[node.name] in values:
-            continue
-        if not all(name in present for name in node.inputs):
-            continue
-        if await storage.add(
-            claim_keys[node.name], {**claim, "task_id": node.task_id}, spec.ttl_seconds
-        ):
-            outcome.claims_won += 1
-            kwargs = {name: values[data_keys[name]] for name in node.inputs}
-            outcome.steps.append(ClaimedStep(spec=spec, node=node, kwargs=kwargs))
-        else:
-            outcome.claims_lost += 1
-    if all(output in present for output in spec.outputs):
-        outcome.finished = True
-        outcome.marked_done = await storage.add(
-            keys.done,
-            {"finished_at": time.time()},
-            spec.ttl_seconds,
-        )
+    try:
+        for node in spec.nodes:
+            if node.output in present or claim_keys[node.name] in values:
+                continue
+            if not all(name in present for name in node.inputs):
+                continue
+            claim = {"at": time.time(), "task_id": node.task_id}
+            if await storage.add(claim_keys[node.name], claim, spec.ttl_seconds):
+                outcome.claims_won += 1
+                kwargs = {name: values[data_keys[name]] for name in node.inputs}
+                outcome.steps.append(ClaimedStep(spec=spec, node=node, kwargs=kwargs))
+            else:
+                outcome.claims_lost += 1
+        if all(output in present for output in spec.outputs):
+            outcome.finished = True
+            outcome.marked_done = await storage.add(
+                keys.done,
+                {"finished_at": time.time()},
+                spec.ttl_seconds,
+            )
+    except StorageError as exc:
+        outcome.error = exc
     return outcome
