@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
@@ -114,6 +115,20 @@ def _database(path: str | os.PathLike[str]) -> str:
     return path
 
 
+async def _reap(conn: aiosqlite.Connection) -> None:
+    """Wait for the worker thread of a connection whose connect failed.
+
+    aiosqlite stops that thread itself but does not wait; its stop message would then
+    be delivered to an event loop that may be closed by then. The thread is
+    ``Connection._thread`` (aiosqlite >= 0.21) or the connection itself (older).
+    """
+    thread = getattr(conn, "_thread", conn)
+    if isinstance(thread, threading.Thread) and thread.is_alive():
+        await asyncio.to_thread(thread.join, 5.0)
+    # Let the loop run the stop message's callback, queued by the finished thread.
+    await asyncio.sleep(0)
+
+
 class _MapErrors:
     """Map ``sqlite3`` errors to the storage error tree (a class: cheaper than a generator)."""
 
@@ -181,7 +196,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             try:
                 await conn
             except sqlite3.Error:
-                await conn.close()
+                await _reap(conn)
                 raise
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")

@@ -1,0 +1,187 @@
+"""SQLite specifics: paths and URLs, several processes on one file, corruption, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from taskiq_flow.storage import (
+    InvalidStorageURLError,
+    SQLiteStorageAdapter,
+    StorageConnectionError,
+    StorageCorruptError,
+    StorageError,
+)
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskiq_flow.storage import SQLiteStorageAdapter
+
+    async def main(path, name):
+        async with SQLiteStorageAdapter(path) as storage:
+            for i in range(1000):
+                await storage.set(f"{name}:{i:04d}", {"writer": name, "i": i})
+            wins = 0
+            for i in range(200):
+                wins += await storage.add(f"claim:{i:03d}", name)
+            print(wins)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_two_processes_write_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("p1", "p2")
+    ]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    async with SQLiteStorageAdapter(path) as storage:
+        keys = await storage.keys("p?:*")
+        assert len(keys) == 2000
+        values = await storage.get_many(keys)
+        assert values["p1:0999"] == {"writer": "p1", "i": 999}
+        assert values["p2:0000"] == {"writer": "p2", "i": 0}
+        # add() is one statement: every claim has exactly one winner across processes.
+        assert sum(int(out) for out, _ in outputs) == 200
+        assert len(await storage.keys("claim:*")) == 200
+
+
+async def test_built_inside_running_loop(tmp_path: Path) -> None:
+    storage = SQLiteStorageAdapter(tmp_path / "loop.db")
+    try:
+        await asyncio.gather(*(storage.set(f"k{i}", i) for i in range(50)))
+        assert len(await storage.keys()) == 50
+    finally:
+        await storage.close()
+
+
+def test_built_outside_any_loop_then_used_in_one(tmp_path: Path) -> None:
+    storage = SQLiteStorageAdapter(f"sqlite:///{tmp_path}/outside.db")
+
+    async def use() -> object:
+        try:
+            await storage.set("k", 1)
+            return await storage.get("k")
+        finally:
+            await storage.close()
+
+    assert asyncio.run(use()) == 1
+
+
+async def test_reconnects_after_close(tmp_path: Path) -> None:
+    storage = SQLiteStorageAdapter(tmp_path / "again.db")
+    await storage.set("k", 1)
+    await storage.close()
+    assert await storage.get("k") == 1
+    await storage.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (":memory:", ":memory:"),
+        ("sqlite://", ":memory:"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite:///relative.db", "relative.db"),
+        ("sqlite:////abs/path.db", "/abs/path.db"),
+        (Path("some/file.db"), "some/file.db"),
+        ("plain.db", "plain.db"),
+    ],
+)
+def test_paths_and_urls(given: str | Path, expected: str) -> None:
+    assert SQLiteStorageAdapter(given).path == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "postgres://host/db", "sqlite://host/db.db", "sqlite:/x.db", "sqlite:///x.db?mode=ro"]
+)
+def test_bad_paths(bad: str) -> None:
+    with pytest.raises(InvalidStorageURLError) as info:
+        SQLiteStorageAdapter(bad)
+    assert isinstance(info.value, ValueError)
+
+
+async def test_relative_url_is_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with SQLiteStorageAdapter("sqlite:///rel.db") as storage:
+        await storage.set("k", 1)
+    assert (tmp_path / "rel.db").exists()
+
+
+async def test_unopenable_file_is_a_connection_error(tmp_path: Path) -> None:
+    storage = SQLiteStorageAdapter(tmp_path / "missing-dir" / "x.db")
+    with pytest.raises(StorageConnectionError, match="connect"):
+        await storage.set("k", 1)
+    await storage.close()
+
+
+async def test_not_a_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    storage = SQLiteStorageAdapter(path)
+    with pytest.raises(StorageError):
+        await storage.get("k")
+    await storage.close()
+
+
+async def test_corrupt_bytes_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    async with SQLiteStorageAdapter(path) as storage:
+        await storage.set_many({"bad": 1, "text": 2, "good": 3})
+        async with aiosqlite.connect(path) as raw:
+            await raw.execute("UPDATE taskiq_flow_storage SET value = ? WHERE key = 'bad'", (b"\xc1",))
+            await raw.execute("UPDATE taskiq_flow_storage SET value = 'txt' WHERE key = 'text'")
+            await raw.commit()
+        for key in ("bad", "text"):
+            with pytest.raises(StorageCorruptError, match=f"'{key}'") as info:
+                await storage.get(key)
+            assert info.value.key == key
+            with pytest.raises(StorageCorruptError, match=f"'{key}'"):
+                await storage.get_many(["good", key])
+            with pytest.raises(StorageCorruptError, match=f"'{key}'"):
+                await storage.get_entry(key)
+        assert await storage.get("good") == 3
+        assert await storage.delete("bad")  # a corrupt entry can still be removed
+
+
+async def test_wal_and_cleanup_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "schema.db"
+    async with SQLiteStorageAdapter(path) as storage:
+        await storage.set("k", 1)
+        async with aiosqlite.connect(path) as raw:
+            (mode,) = next(iter(await raw.execute_fetchall("PRAGMA journal_mode")))
+            assert mode == "wal"
+            plan = " ".join(
+                str(row[-1])
+                for row in await raw.execute_fetchall(
+                    "EXPLAIN QUERY PLAN DELETE FROM taskiq_flow_storage"
+                    " WHERE expires_at <= ? OR created_at <= ?",
+                    (1.0, 1.0),
+                )
+            )
+            assert "taskiq_flow_storage_expires_at" in plan
+            assert "taskiq_flow_storage_created_at" in plan
+
+
+async def test_table_survives_sql_in_keys(tmp_path: Path) -> None:
+    async with SQLiteStorageAdapter(tmp_path / "inj.db") as storage:
+        await storage.set("x'); DROP TABLE taskiq_flow_storage; --", 1)
+        assert await storage.keys("*DROP TABLE*") == ["x'); DROP TABLE taskiq_flow_storage; --"]
+        await storage.cleanup(ttl_seconds=1)
+        assert await storage.exists("x'); DROP TABLE taskiq_flow_storage; --")
