@@ -13,7 +13,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
+from typing import NoReturn
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -31,9 +34,24 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` child process with no persistence, on its own port."""
+    """One ``redis-server`` child process with no persistence, on its own port.
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
+    Args:
+        port: the port (default: a free one).
+        binary: the ``redis-server`` executable (default: found on ``PATH``).
+        extra_args: more command-line options, appended last so they override the
+            defaults (e.g. ``["--appendonly", "yes", "--appendfsync", "always"]``).
+        password: start with ``--requirepass``; ``url`` then carries the password.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
             msg = "redis-server is not on PATH"
@@ -42,11 +60,14 @@ class RedisServer:
         self.port = port or free_port()
         self._dir = tempfile.mkdtemp(prefix="taskiq-flow-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = list(extra_args)
+        self.password = password
 
     @property
     def url(self) -> str:
-        """``redis://`` URL of this server (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://`` URL of this server (database 0), with the password if any."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -74,13 +95,20 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *(["--requirepass", self.password] if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_connect_timeout=0.2,
+        )
         try:
             while True:
                 try:
@@ -129,7 +157,7 @@ def _require() -> bool:
     return os.environ.get(ENV_REQUIRE, "").strip().lower() in {"1", "true", "yes"}
 
 
-def redis_url_or_skip(reason: str) -> None:
+def redis_url_or_skip(reason: str) -> NoReturn:
     """Skip the test with ``reason``, or fail it when Redis is required."""
     if _require():
         pytest.fail(f"{ENV_REQUIRE}=1 but {reason}", pytrace=False)
