@@ -45,21 +45,34 @@ def make_broker(with_middlewares: bool, n: int) -> tuple[InMemoryBroker, Any, An
     return broker, work, slow
 
 
-async def tasks_per_second(with_mw: bool, hit: bool, n: int, repeat: int) -> float:
-    samples = []
-    broker, work, _ = make_broker(with_mw, n)
-    await broker.startup()
+async def _one_round(work: Any, hit: bool, n: int, offset: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        await work.kiq(1 if hit else offset + i)
+    return n / (time.perf_counter() - start)
+
+
+async def compare(hit: bool, n: int, repeat: int) -> tuple[float, float]:
+    """Median tasks/s of the bare broker and the middleware stack, rounds interleaved."""
+    bare, _, _ = make_broker(False, n)
+    stack, _, _ = make_broker(True, n)
+    bare_work = bare.find_task(next(iter(bare.get_all_tasks())))
+    stack_work = stack.find_task(next(iter(stack.get_all_tasks())))
+    await bare.startup()
+    await stack.startup()
+    bare_samples, stack_samples = [], []
     try:
-        if hit:
-            await work.kiq(1)  # warm the one cached call
+        await _one_round(stack_work, hit, 50, 10**8)  # warm both (imports, caches)
+        await _one_round(bare_work, hit, 50, 10**8)
         for r in range(repeat):
-            start = time.perf_counter()
-            for i in range(n):
-                await work.kiq(1 if hit else r * n + i + 10)
-            samples.append(n / (time.perf_counter() - start))
+            # Alternate which goes first so drift in machine load hits both alike.
+            pair = [(bare_work, bare_samples), (stack_work, stack_samples)]
+            for work, samples in pair if r % 2 == 0 else reversed(pair):
+                samples.append(await _one_round(work, hit, n, (r + 1) * n * 10))
     finally:
-        await broker.shutdown()
-    return statistics.median(samples)
+        await bare.shutdown()
+        await stack.shutdown()
+    return statistics.median(bare_samples), statistics.median(stack_samples)
 
 
 async def latency(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -76,15 +89,13 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     n, repeat = args.tasks, args.repeat
 
-    bare_miss = await tasks_per_second(False, False, n, repeat)
-    mw_miss = await tasks_per_second(True, False, n, repeat)
-    bare_hit = await tasks_per_second(False, True, n, repeat)
-    mw_hit = await tasks_per_second(True, True, n, repeat)
+    bare_miss, mw_miss = await compare(False, n, repeat)
+    bare_hit, mw_hit = await compare(True, n, repeat)
 
     broker, _, slow = make_broker(True, 1000)
     await broker.startup()

@@ -8,6 +8,7 @@ which is also what taskiq's own result serializer does.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import inspect
 import logging
@@ -151,6 +152,73 @@ def _is_dependency(parameter: inspect.Parameter) -> bool:
     return any(isinstance(item, Dependency) for item in metadata)
 
 
+class _Binder:
+    """A task signature, prepared once, that turns a call into its canonical arguments."""
+
+    __slots__ = ("defaults", "names", "signature", "simple", "skip")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.signature = None
+            self.names: tuple[str, ...] = ()
+            self.defaults: dict[str, Any] = {}
+            self.skip: frozenset[str] = frozenset()
+            self.simple = False
+            return
+        params = self.signature.parameters
+        self.skip = frozenset(name for name, p in params.items() if _is_dependency(p))
+        kinds = {p.kind for p in params.values()}
+        # The fast path covers plain parameters; *args, **kwargs and positional-only
+        # ones go through inspect's full binding.
+        self.simple = kinds <= {
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        }
+        self.names = tuple(
+            name for name, p in params.items()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
+        self.defaults = {
+            name: p.default
+            for name, p in params.items()
+            if p.default is not inspect.Parameter.empty and name not in self.skip
+        }
+
+    def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if self.signature is None:
+            return [args, kwargs]
+        if self.simple and len(args) <= len(self.names):
+            bound = dict(zip(self.names, args, strict=False))
+            for name, value in kwargs.items():
+                if name in bound:
+                    return self._slow(args, kwargs)  # given twice: let inspect decide
+                bound[name] = value
+            for name, default in self.defaults.items():
+                bound.setdefault(name, default)
+            for name in self.skip:
+                bound.pop(name, None)
+            return bound
+        return self._slow(args, kwargs)
+
+    def _slow(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        assert self.signature is not None  # noqa: S101 - only called with a signature
+        try:
+            bound = self.signature.bind_partial(*args, **kwargs)
+        except TypeError:
+            return [args, kwargs]
+        bound.apply_defaults()
+        return {
+            name: value for name, value in bound.arguments.items() if name not in self.skip
+        }
+
+
+@functools.lru_cache(maxsize=4096)
+def _binder(func: Callable[..., Any]) -> _Binder:
+    return _Binder(func)
+
+
 def cache_key_digest(
     func: Callable[..., Any],
     args: list[Any],
@@ -158,24 +226,13 @@ def cache_key_digest(
 ) -> str:
     """Stable digest of one call's arguments: positional or keyword, order-free.
 
-    Arguments are bound to the task's signature (so ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)``
-    are one call); dependency-injected parameters are left out.
+    Arguments are bound to the task's signature (so ``f(1)``, ``f(x=1)`` and
+    ``f(1, y=<default>)`` are one call); dependency-injected parameters are left out.
 
     Raises:
         Unencodable: an argument msgspec cannot encode.
     """
-    try:
-        signature = inspect.signature(func)
-        bound = signature.bind_partial(*args, **kwargs)
-    except (TypeError, ValueError):
-        canonical: Any = [args, kwargs]
-    else:
-        bound.apply_defaults()
-        canonical = {
-            name: value
-            for name, value in bound.arguments.items()
-            if not _is_dependency(signature.parameters[name])
-        }
+    canonical = _binder(func).canonical(args, kwargs)
     try:
         encoded = _KEY_ENCODER.encode(canonical)
     except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:

@@ -24,9 +24,7 @@ import functools
 import inspect
 import logging
 import queue
-import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware
@@ -42,28 +40,39 @@ logger = logging.getLogger("taskiq_flow.middlewares")
 _WRAPPED_MARK = "__taskiq_flow_cache_wrapped__"
 
 
-@dataclass(eq=False)
 class _Call:
     """The cache decision for one message, handed from pre_execute to the wrapper."""
 
-    middleware: CacheMiddleware
-    message: TaskiqMessage
-    key: str
-    ttl: int
-    cache_errors: bool
-    loop: asyncio.AbstractEventLoop
-    taken: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("cache_errors", "key", "loop", "message", "middleware", "taken", "ttl")
+
+    def __init__(
+        self,
+        *,
+        middleware: CacheMiddleware,
+        message: TaskiqMessage,
+        key: str,
+        ttl: int,
+        cache_errors: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.middleware = middleware
+        self.message = message
+        self.key = key
+        self.ttl = ttl
+        self.cache_errors = cache_errors
+        self.loop = loop
+        self.taken = False
 
     def take(self, task_name: str) -> bool:
-        """Claim this decision for the one call of ``task_name`` it was made for."""
-        if self.message.task_name != task_name:
+        """Claim this decision for the one call of ``task_name`` it was made for.
+
+        A direct (recursive) call of the same function from inside the task finds the
+        decision taken and runs uncached.
+        """
+        if self.taken or self.message.task_name != task_name:
             return False
-        with self.lock:  # never held across an await: a flag flip only
-            if self.taken:
-                return False
-            self.taken = True
-            return True
+        self.taken = True
+        return True
 
 
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -140,6 +149,8 @@ class CacheMiddleware(TaskiqMiddleware):
 
     def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
         """Bring ``kiq(..., labels={...})`` into the message's labels before it leaves."""
+        if "labels" not in message.kwargs:
+            return message
         task = self.broker.find_task(message.task_name)
         func = _original(task.original_func) if task is not None else None
         _labels.lift_labels_kwarg(message, func, wire_format=True)
@@ -152,7 +163,8 @@ class CacheMiddleware(TaskiqMiddleware):
         if task is None:
             return message
         func = _original(task.original_func)
-        _labels.lift_labels_kwarg(message, func, wire_format=False)
+        if "labels" in message.kwargs:
+            _labels.lift_labels_kwarg(message, func, wire_format=False)
         self._wrap(task)
         decision = self._decide(message, func)
         if decision is None:
