@@ -36,7 +36,7 @@ async def make_storage(
         if backend == "memory":
             adapter = InMemoryStorageAdapter(**options)
         elif backend == "redis":
-            from taskiq_flow.storage.redis import RedisStorageAdapter  # noqa: PLC0415
+            from taskiq_flow.storage.redis import RedisStorageAdapter
 
             adapter = RedisStorageAdapter(url, **options)
         else:

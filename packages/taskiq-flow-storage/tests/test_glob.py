@@ -87,7 +87,9 @@ async def adapters(
     await redis_adapter.close()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(keys=KEYS, patterns=st.lists(PATTERNS, min_size=1, max_size=4))
 async def test_keys_equals_redis_scan_match_on_every_backend(
     raw_redis: aioredis.Redis,

@@ -109,7 +109,8 @@ def test_paths_and_urls(given: str | Path, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "postgres://host/db", "sqlite://host/db.db", "sqlite:/x.db", "sqlite:///x.db?mode=ro"]
+    "bad",
+    ["", "postgres://host/db", "sqlite://host/db.db", "sqlite:/x.db", "sqlite:///x.db?mode=ro"],
 )
 def test_bad_paths(bad: str) -> None:
     with pytest.raises(InvalidStorageURLError) as info:
@@ -117,7 +118,9 @@ def test_bad_paths(bad: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
-async def test_relative_url_is_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_relative_url_is_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     async with SQLiteStorageAdapter("sqlite:///rel.db") as storage:
         await storage.set("k", 1)
@@ -145,7 +148,9 @@ async def test_corrupt_bytes_name_the_key(tmp_path: Path) -> None:
     async with SQLiteStorageAdapter(path) as storage:
         await storage.set_many({"bad": 1, "text": 2, "good": 3})
         async with aiosqlite.connect(path) as raw:
-            await raw.execute("UPDATE taskiq_flow_storage SET value = ? WHERE key = 'bad'", (b"\xc1",))
+            await raw.execute(
+                "UPDATE taskiq_flow_storage SET value = ? WHERE key = 'bad'", (b"\xc1",)
+            )
             await raw.execute("UPDATE taskiq_flow_storage SET value = 'txt' WHERE key = 'text'")
             await raw.commit()
         for key in ("bad", "text"):

@@ -200,6 +200,10 @@ class RedisStorageAdapter(BaseStorageAdapter):
             if parts.scheme not in {"redis", "rediss", "unix"}:
                 reason = "the scheme must be redis://, rediss:// or unix://"
                 raise InvalidStorageURLError(self.location, reason)
+            database = parts.path.strip("/")
+            if parts.scheme != "unix" and database and not database.isdigit():
+                reason = f"the path must be a database number, not {database!r}"
+                raise InvalidStorageURLError(self.location, reason)
             return aioredis.Redis.from_url(
                 redis_url,
                 socket_connect_timeout=connect_timeout,
@@ -292,10 +296,14 @@ class RedisStorageAdapter(BaseStorageAdapter):
         )
 
     async def exists(self, key: str) -> bool:
-        """Whether a live entry exists (``EXISTS``)."""
+        """Whether a live entry exists: reads only the header (``GETRANGE``)."""
         check_key(key)
         with _MapErrors(self, "exists"):
-            return bool(await self._client.exists(self.key_prefix + key))
+            head = await self._client.getrange(self.key_prefix + key, 0, _HEADER_SIZE - 1)
+        if not head:
+            return False
+        expires = self._unpack(key, head)[2]
+        return expires is None or time.time() < expires
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was there (``DEL``)."""
