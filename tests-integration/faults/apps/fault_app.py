@@ -1,0 +1,115 @@
+"""Worker app of the fault and soak runs: both middlewares over one Redis server.
+
+``taskiq worker fault_app:create_broker`` calls :func:`create_broker`, configured by the
+environment (the test process calls :func:`build` itself to be the producer):
+
+- ``FAULT_REDIS_URL``: broker, result backend, cache and (by default) storage;
+- ``FAULT_STORAGE_URL``: the storage server, when it is another one (or none yet);
+- ``FAULT_QUEUE``: the list the workers pop;
+- ``FAULT_LOCK_TIMEOUT``: the cache lease in seconds;
+- ``FAULT_ERROR_LOG_INTERVAL``: StorageMiddleware's ``error_log_interval``;
+- ``FAULT_STORE_CACHE_HITS``: ``1`` = a record for cache hits too (one per task);
+- ``FAULT_TASK_SLEEP``: seconds each ``compute`` call takes.
+
+Tasks:
+
+- ``compute(x, salt)`` returns ``{"x": x, "sq": x * x, "salt": salt}``;
+- ``hold(tag)`` counts its executions under ``fault:hold:runs:{tag}``; the first one
+  announces itself (``fault:hold:holder:{tag}`` = its pid) and then sleeps for a minute
+  while holding the cache lease, the later ones return at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqEvents
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+
+from taskiq_flow.cache import RedisCacheAdapter
+from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
+from taskiq_flow.storage import RedisStorageAdapter
+
+HOLD_RUNS = "fault:hold:runs:{tag}"
+HOLD_HOLDER = "fault:hold:holder:{tag}"
+
+
+@dataclass
+class App:
+    """One side (worker or producer) of the fault app."""
+
+    broker: AsyncBroker
+    cache_mw: CacheMiddleware
+    storage_mw: StorageMiddleware
+    storage: RedisStorageAdapter
+    client: aioredis.Redis
+    tasks: dict[str, AsyncTaskiqDecoratedTask[Any, Any]] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Shut the broker down and close every client this app opened."""
+        await self.broker.shutdown()
+        await self.storage.close()
+        await self.client.aclose()
+
+
+def build(settings: dict[str, str]) -> App:
+    """The broker with both middlewares and the two tasks, configured by ``settings``."""
+    redis_url = settings["FAULT_REDIS_URL"]
+    storage_url = settings.get("FAULT_STORAGE_URL") or redis_url
+    queue = settings.get("FAULT_QUEUE", "fault")
+    lock_timeout = float(settings.get("FAULT_LOCK_TIMEOUT", "5"))
+    task_sleep = float(settings.get("FAULT_TASK_SLEEP", "0"))
+    broker = ListQueueBroker(redis_url, queue_name=queue).with_result_backend(
+        RedisAsyncResultBackend(redis_url, result_ex_time=3600),
+    )
+    storage = RedisStorageAdapter(redis_url=storage_url)
+    cache_mw = CacheMiddleware(
+        cache=RedisCacheAdapter(redis_url=redis_url, lock_timeout=lock_timeout, max_wait=120),
+        default_ttl=3600,
+    )
+    storage_mw = StorageMiddleware(
+        storage=storage,
+        store_cache_hits=settings.get("FAULT_STORE_CACHE_HITS") == "1",
+        retry_interval=0.1,
+        max_retry_interval=0.5,
+        error_log_interval=float(settings.get("FAULT_ERROR_LOG_INTERVAL", "60")),
+    )
+    broker.add_middlewares(cache_mw, storage_mw)
+    client = aioredis.from_url(redis_url)
+
+    @broker.task(task_name="fault.compute")
+    async def compute(x: int, salt: str) -> dict[str, Any]:
+        if task_sleep:
+            await asyncio.sleep(task_sleep)
+        return {"x": x, "sq": x * x, "salt": salt}
+
+    @broker.task(task_name="fault.hold")
+    async def hold(tag: str) -> str:
+        runs = await client.incr(HOLD_RUNS.format(tag=tag))
+        if runs == 1:
+            await client.set(HOLD_HOLDER.format(tag=tag), os.getpid())
+            await asyncio.sleep(60)
+        return f"done:{tag}"
+
+    async def close_client(_state: object) -> None:
+        # Not the storage: StorageMiddleware flushes its buffer after these handlers.
+        await client.aclose()
+
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, close_client)
+    return App(
+        broker=broker,
+        cache_mw=cache_mw,
+        storage_mw=storage_mw,
+        storage=storage,
+        client=client,
+        tasks={"compute": compute, "hold": hold},
+    )
+
+
+def create_broker() -> AsyncBroker:
+    """Factory for ``taskiq worker``: the app configured from the environment."""
+    return build(dict(os.environ)).broker

@@ -1,0 +1,143 @@
+"""Redis (broker, results, cache and storage on one server) restarted under load.
+
+Two ``taskiq worker`` processes run ``fault.compute`` from a producer that keeps
+``CONCURRENCY`` jobs in flight; meanwhile the server is SIGKILLed and started again
+``RESTARTS`` times, each time down for ``DOWNTIME`` seconds.
+
+The server runs with ``appendfsync always``, so what it acknowledged survives its own
+crash; what it never had is ours to lose or keep. What is lost by design, and how the
+producer accounts for it:
+
+- a message a worker had already popped (ListQueueBroker acknowledges on receipt) whose
+  result could not be saved while the server was down: the producer sees no result
+  within ``RESULT_TIMEOUT`` and sends the job again (counted as ``resent``);
+- a ``kiq`` that fails while the server is down: sent again (``send_errors``).
+
+What may not be lost: a task whose result the producer received ("acknowledged") has its
+storage record — written before the result (StorageMiddleware writes in
+``post_execute``), or held in the worker's retry buffer and flushed when Redis is back.
+``records lost`` must be 0, and every answer must be the right one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+
+from taskiq_flow_testing import RedisServer
+
+from .conftest import StartCluster, wait_result
+
+JOBS = int(os.environ.get("TASKIQ_FLOW_FAULT_JOBS", "600"))
+CONCURRENCY = 24
+RESTARTS = 2
+DOWNTIME = 1.0
+RESULT_TIMEOUT = 6.0
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def _job(j: int) -> tuple[int, str]:
+    # Odd jobs repeat 40 argument pairs (cache hits), even jobs are unique (misses).
+    return (j % 40, "hot") if j % 2 else (j, f"cold-{j}")
+
+
+async def test_redis_restarted_under_load_loses_no_acknowledged_record(
+    start_cluster: StartCluster,
+) -> None:
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    with server:
+        cluster = await start_cluster(
+            server.url, FAULT_STORE_CACHE_HITS="1", FAULT_TASK_SLEEP="0.002"
+        )
+        compute = cluster.app.tasks["compute"]
+        acked: dict[str, dict[str, Any]] = {}
+        hits = 0
+        resent = 0
+        send_errors = 0
+        restarts: list[float] = []
+        started = time.monotonic()
+
+        async def job(j: int) -> None:
+            nonlocal hits, resent, send_errors
+            x, salt = _job(j)
+            expected = {"x": x, "sq": x * x, "salt": salt}
+            for _ in range(30):
+                try:
+                    task = await compute.kiq(x, salt)
+                except Exception:  # the server is down: send again
+                    send_errors += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                result = await wait_result(task, RESULT_TIMEOUT)
+                if result is None:
+                    resent += 1
+                    continue
+                assert not result.is_err, result.error
+                # Never a wrong answer, restart or not.
+                assert result.return_value == expected
+                acked[task.task_id] = expected
+                hits += result.labels.get("cache_hit") == "true"
+                return
+            raise AssertionError(f"job {j} was never acknowledged")
+
+        async def inject_faults() -> None:
+            for k in range(1, RESTARTS + 1):
+                while len(acked) < JOBS * k // (RESTARTS + 1):
+                    await asyncio.sleep(0.02)
+                await asyncio.to_thread(server.kill)
+                t0 = time.monotonic()
+                await asyncio.sleep(DOWNTIME)
+                await asyncio.to_thread(server.start)
+                restarts.append(time.monotonic() - t0)
+
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def bounded(j: int) -> None:
+            async with semaphore:
+                await job(j)
+
+        async with asyncio.timeout(150):
+            injector = asyncio.create_task(inject_faults())
+            await asyncio.gather(*(bounded(j) for j in range(JOBS)))
+            await injector
+        run_time = time.monotonic() - started
+
+        # Every acknowledged task's record, once the workers' retry buffers have drained.
+        storage = cluster.app.storage
+        keys = {f"task:{tid}": tid for tid in acked}
+        deadline = time.monotonic() + 30
+        while True:
+            records = await storage.get_many(list(keys))
+            missing = set(keys) - set(records)
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert all(w.alive for w in cluster.workers), cluster.logs()[-3000:]
+        logs = cluster.logs()
+        figures = {
+            "jobs": JOBS,
+            "tasks acknowledged": len(acked),
+            "cache hits": hits,
+            "faults injected (Redis SIGKILL + restart)": len(restarts),
+            "downtime per restart (s)": [round(t, 2) for t in restarts],
+            "results lost by the broker, re-sent": resent,
+            "kiq failures while down, re-sent": send_errors,
+            "storage write-failure reports in worker logs": logs.count("storage write failed"),
+            "buffer flushed after outage (log lines)": logs.count("storage is back"),
+            "records lost": len(missing),
+            "run time (s)": round(run_time, 1),
+        }
+        print("\nFIGURES redis restart:", json.dumps(figures))
+        assert len(restarts) == RESTARTS
+        assert not missing, f"{len(missing)} acknowledged records lost: {sorted(missing)[:5]}"
+        for key, tid in keys.items():
+            record = records[key]
+            assert record["task_id"] == tid
+            assert record["is_err"] is False
+            assert json.loads(record["return_value"]) == acked[tid]
