@@ -246,6 +246,12 @@ async def test_set_many_with_ttl(storage: BaseStorageAdapter) -> None:
         assert entry is not None
         assert entry.expires_at is not None
         assert abs((entry.expires_at - entry.created_at).total_seconds() - 30) < 0.01
+    many = {f"m{i}": i for i in range(2500)}  # more than one command's worth on Redis
+    await storage.set_many(many, ttl_seconds=30)
+    assert await storage.get_many(many) == many
+    entry = await storage.get_entry("m2499")
+    assert entry is not None
+    assert entry.expires_at is not None
     await storage.set_many({"a": 10})  # no TTL: replaces the old TTL
     entry = await storage.get_entry("a")
     assert entry is not None
