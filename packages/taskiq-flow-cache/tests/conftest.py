@@ -18,9 +18,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def make_cache(
-    backend: str, request: pytest.FixtureRequest
-) -> AsyncIterator[CacheFactory]:
+async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[CacheFactory]:
     """Build adapters of the parametrised kind; every one is closed at teardown."""
     made: list[BaseCacheAdapter] = []
     url = request.getfixturevalue("redis_url") if backend == "redis" else None
@@ -32,7 +30,7 @@ async def make_cache(
             options.pop("poll_interval", None)
             adapter = InMemoryCacheAdapter(**options)
         else:
-            from taskiq_flow.cache.redis import RedisCacheAdapter  # noqa: PLC0415
+            from taskiq_flow.cache.redis import RedisCacheAdapter
 
             options.pop("max_entries", None)
             options.setdefault("lock_timeout", 2)

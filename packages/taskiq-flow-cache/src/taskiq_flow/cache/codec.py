@@ -56,6 +56,7 @@ def decode_entry(key: str, payload: bytes) -> CacheEntry | None:
     """Decode stored bytes; corrupt or foreign bytes are logged and read as a miss."""
     try:
         return _decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # Invalid UTF-8 inside a str surfaces as UnicodeDecodeError (a ValueError).
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         logger.warning("ignoring corrupt cache entry under key %r: %s", key, exc)
         return None
