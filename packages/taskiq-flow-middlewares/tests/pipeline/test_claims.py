@@ -11,13 +11,26 @@ from taskiq_flow.storage import RedisStorageAdapter
 
 
 class RacyPipelineMiddleware(PipelineMiddleware):
-    """Widens the window between writing an output and reading readiness."""
+    """Widens the window between writing an output and reading readiness.
 
-    def __init__(self, delay: float) -> None:
+    ``delay``: sleep that long. ``rendezvous``: left and right of a run wait for each
+    other there, so both have written before either reads (merge is seen ready twice).
+    """
+
+    def __init__(self, delay: float = 0.0, *, rendezvous: bool = False) -> None:
         super().__init__()
         self.delay = delay
+        self.rendezvous = rendezvous
+        self.arrived: dict[str, int] = {}
+        self.both: dict[str, asyncio.Event] = {}
 
     async def before_readiness_check(self, pipeline_id: str, node: str) -> None:
+        if self.rendezvous and node in {"left", "right"}:
+            self.arrived[pipeline_id] = self.arrived.get(pipeline_id, 0) + 1
+            event = self.both.setdefault(pipeline_id, asyncio.Event())
+            if self.arrived[pipeline_id] == 2:
+                event.set()
+            await asyncio.wait_for(event.wait(), timeout=5)
         await asyncio.sleep(self.delay)
 
 
@@ -46,9 +59,13 @@ def diamond(flow) -> DataflowPipeline:
     return DataflowPipeline.from_tasks(flow.broker, [source, left, right, merge])
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05], ids=["no_delay", "delayed_read"])
-async def test_diamond_merge_runs_once_per_run(make_flow, any_storage, delay) -> None:
-    pipe = RacyPipelineMiddleware(delay)
+@pytest.mark.parametrize(
+    ("delay", "rendezvous"),
+    [(0.0, False), (0.05, False), (0.0, True)],
+    ids=["no_delay", "delayed_read", "rendezvous"],
+)
+async def test_diamond_merge_runs_once_per_run(make_flow, any_storage, delay, rendezvous) -> None:
+    pipe = RacyPipelineMiddleware(delay, rendezvous=rendezvous)
     flow = await make_flow(await_inplace=False, storage=any_storage, pipeline=pipe)
     pipeline = diamond(flow)
     runs = 40
@@ -65,9 +82,15 @@ async def test_diamond_merge_runs_once_per_run(make_flow, any_storage, delay) ->
     # source claims left and right; left or right claims merge: 4 sends per run.
     assert stats["claims_won"] == 4 * runs
     assert stats["steps_sent"] == 4 * runs
-    if delay and isinstance(any_storage, RedisStorageAdapter):
-        # left and right both wrote, both slept, both saw merge ready and unclaimed:
-        # the race happened and add() settled it. (In memory, a read and the claim that
-        # follows it never interleave with another step, so the race cannot show.)
+    races = stats["claims_lost"] + stats["claims_taken"]
+    if rendezvous:
+        # Both wrote before either read: both saw merge ready in every run. Each race was
+        # settled by add() (claims_lost: both read it unclaimed) or by reading the
+        # winner's claim (claims_taken); never by a second send.
+        assert races == runs
+    elif delay:
+        assert races >= 1
+    if (delay or rendezvous) and isinstance(any_storage, RedisStorageAdapter):
+        # A network round trip between read and add: some reads coincide.
         assert stats["claims_lost"] >= 1
     assert stats["claims_won"] + stats["claims_lost"] <= 5 * runs

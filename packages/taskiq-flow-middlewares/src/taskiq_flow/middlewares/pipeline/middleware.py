@@ -27,6 +27,7 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
 from taskiq_flow.middlewares.pipeline.state import (
+    Advance,
     ClaimedStep,
     RunKeys,
     advance,
@@ -123,6 +124,7 @@ class PipelineMiddleware(TaskiqMiddleware):
             "steps_sent": 0,
             "claims_won": 0,
             "claims_lost": 0,
+            "claims_taken": 0,
             "runs_started": 0,
             "runs_done": 0,
             "errors": 0,
@@ -147,7 +149,15 @@ class PipelineMiddleware(TaskiqMiddleware):
         return InMemoryStorageAdapter()
 
     def get_stats(self) -> dict[str, int]:
-        """Counters of this process: steps advanced/failed/sent, claims won/lost, runs."""
+        """Counters of this process (a dict of ints).
+
+        ``steps_advanced`` / ``steps_failed``: step results handled; ``steps_sent``:
+        messages sent for claimed nodes; ``claims_won``: claims this process took;
+        ``claims_lost``: claims it tried and lost to a concurrent advancer (a race settled
+        by ``add``); ``claims_taken``: nodes a finished step feeds that it found ready but
+        already claimed (a duplicate trigger avoided); ``runs_started`` / ``runs_done``;
+        ``errors``: problems logged instead of raised.
+        """
         return dict(self._counters)
 
     async def before_readiness_check(self, pipeline_id: str, node: str) -> None:
@@ -242,18 +252,24 @@ class PipelineMiddleware(TaskiqMiddleware):
             return
         self._counters["steps_advanced"] += 1
         await self.before_readiness_check(pipeline_id, node.name)
-        await self._advance(spec, nested=True)
+        await self._advance(spec, nested=True, finished=node)
 
-    async def _advance(self, spec: RunSpec, *, nested: bool) -> None:
+    async def _advance(
+        self,
+        spec: RunSpec,
+        *,
+        nested: bool,
+        finished: SpecNode | None = None,
+    ) -> None:
         """Run ``advance`` and send what it claimed; retry it on connection errors."""
         for pause in (*_BACKOFF, None):
             error: StorageError | None
             try:
-                outcome = await advance(self.storage, spec)
+                outcome = await advance(self.storage, spec, finished)
             except StorageConnectionError as exc:
                 error = exc
             else:
-                self._count(outcome.claims_won, outcome.claims_lost, outcome.marked_done)
+                self._count(outcome)
                 # Claims won before an error must be sent whatever happens next.
                 await self._dispatch(outcome.steps, nested=nested)
                 error = outcome.error
@@ -275,10 +291,11 @@ class PipelineMiddleware(TaskiqMiddleware):
         key = RunKeys(spec.pipeline_id).failed
         await _retrying("record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds))
 
-    def _count(self, won: int, lost: int, marked_done: bool) -> None:
-        self._counters["claims_won"] += won
-        self._counters["claims_lost"] += lost
-        if marked_done:
+    def _count(self, outcome: Advance) -> None:
+        self._counters["claims_won"] += outcome.claims_won
+        self._counters["claims_lost"] += outcome.claims_lost
+        self._counters["claims_taken"] += outcome.claims_taken
+        if outcome.marked_done:
             self._counters["runs_done"] += 1
 
     def _remember(self, spec: RunSpec) -> None:

@@ -63,6 +63,9 @@ class Advance:
     claims_won: int = 0
     # Claims lost to a concurrent advancer after our read showed the node unclaimed.
     claims_lost: int = 0
+    # Nodes the finished step feeds that were ready but already claimed (or even done)
+    # by another advancer when read: each would have been a duplicate send without claims.
+    claims_taken: int = 0
     failed: bool = False
     finished: bool = False
     # Whether this call's ``add(done)`` was the one that marked the run done.
@@ -83,8 +86,14 @@ def failure_record(node: SpecNode, error_type: str, error_message: str) -> dict[
     }
 
 
-async def advance(storage: BaseStorageAdapter, spec: RunSpec) -> Advance:
+async def advance(
+    storage: BaseStorageAdapter,
+    spec: RunSpec,
+    finished: SpecNode | None = None,
+) -> Advance:
     """Claim every ready, unclaimed node of the run; mark it done when all outputs exist.
+
+    ``finished`` is the step whose output was just written (``None`` for the producer).
 
     Raises:
         StorageError: the read failed (nothing was claimed). A failure after some claims
@@ -101,9 +110,11 @@ async def advance(storage: BaseStorageAdapter, spec: RunSpec) -> Advance:
     present = {name for name, key in data_keys.items() if key in values}
     try:
         for node in spec.nodes:
-            if node.output in present or claim_keys[node.name] in values:
-                continue
             if not all(name in present for name in node.inputs):
+                continue
+            if node.output in present or claim_keys[node.name] in values:
+                if finished is not None and finished.output in node.inputs:
+                    outcome.claims_taken += 1
                 continue
             claim = {"at": time.time(), "task_id": node.task_id}
             if await storage.add(claim_keys[node.name], claim, spec.ttl_seconds):
