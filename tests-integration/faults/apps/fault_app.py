@@ -28,6 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqEvents
+from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
 from taskiq_flow.cache import RedisCacheAdapter
@@ -64,7 +65,8 @@ def build(settings: dict[str, str]) -> App:
     lock_timeout = float(settings.get("FAULT_LOCK_TIMEOUT", "5"))
     task_sleep = float(settings.get("FAULT_TASK_SLEEP", "0"))
     broker = ListQueueBroker(redis_url, queue_name=queue).with_result_backend(
-        RedisAsyncResultBackend(redis_url, result_ex_time=3600),
+        # JSON, not taskiq-redis's default pickle: no pickle anywhere on our side.
+        RedisAsyncResultBackend(redis_url, result_ex_time=3600, serializer=JSONSerializer()),
     )
     storage = RedisStorageAdapter(redis_url=storage_url)
     cache_mw = CacheMiddleware(
