@@ -43,7 +43,7 @@ FORBIDDEN = {
     "shelve",
     "jsonpickle",
 }
-PASSWORD = "Zq7-not-in-logs-4242"
+PASSWORD = "Zq7-not-in-logs-4242"  # noqa: S105 - a test server's password
 
 
 # -- no pickle ---------------------------------------------------------------------------
@@ -146,7 +146,7 @@ async def test_password_never_in_errors_or_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     if case == "wrong_password":
-        secret = "Wr0ng-secret-9191"
+        secret = "Wr0ng-secret-9191"  # noqa: S105
         url = _url(secured_server.port, secret)
     else:
         secret = PASSWORD
@@ -224,7 +224,7 @@ def test_password_never_in_cli_output(secured_server: RedisServer, tmp_path: Pat
 
 
 async def test_rediss_urls_accepted_and_failures_mapped(redis_url: str) -> None:
-    plain_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    plain_port = int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
     for port in (free_port(), plain_port):  # nothing listening / a server without TLS
         url = _url(port, scheme="rediss")
         storage = RedisStorageAdapter(redis_url=url, retries=0, connect_timeout=1, socket_timeout=1)
@@ -277,7 +277,8 @@ async def test_key_prefix_isolates_two_apps(redis_url: str) -> None:
         # A's cleanup of entries older than a second removes A's entries only.
         assert await a.cleanup(ttl_seconds=1) == 20
         assert await a.keys("*") == []
-        assert len(await b.keys("*")) == 20 and len(await default.keys("*")) == 20
+        assert len(await b.keys("*")) == 20
+        assert len(await default.keys("*")) == 20
         assert await b.delete_many([f"task:{i}" for i in range(20)]) == 20
         assert len(await default.keys("*")) == 20
 
