@@ -15,7 +15,6 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -112,33 +111,15 @@ def _client_location(client: aioredis.Redis) -> str:
     return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-class _MapErrors:
-    """Map redis-py errors to the storage error tree at the adapter boundary."""
+def _mapped(adapter: RedisStorageAdapter, operation: str, exc: Exception) -> StorageError:
+    """The storage error for a redis-py error (raised ``from`` it by the caller)."""
+    msg = f"Redis {operation} failed at {adapter.location}: {exc}"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return StorageConnectionError(msg)
+    return StorageError(msg)
 
-    __slots__ = ("adapter", "operation")
 
-    def __init__(self, adapter: RedisStorageAdapter, operation: str) -> None:
-        self.adapter = adapter
-        self.operation = operation
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or isinstance(exc, StorageError):
-            return
-        where = self.adapter.location
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-            msg = f"Redis {self.operation} failed at {where}: {exc}"
-            raise StorageConnectionError(msg) from exc
-        if isinstance(exc, RedisError):
-            msg = f"Redis {self.operation} failed at {where}: {exc}"
-            raise StorageError(msg) from exc
+_DRIVER_ERRORS = (RedisError, OSError)
 
 
 class RedisStorageAdapter(BaseStorageAdapter):
@@ -256,26 +237,32 @@ class RedisStorageAdapter(BaseStorageAdapter):
         check_key(key)
         ttl = self._ttl(ttl_seconds)
         data = self._pack(key, value, ttl, time.time())
-        with _MapErrors(self, "set"):
+        try:
             if ttl is None:
                 await self._client.set(self.key_prefix + key, data)
             else:
                 await self._client.set(self.key_prefix + key, data, px=ttl * 1000)
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "set", exc) from exc
 
     async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
         """Store only if absent or expired: one ``SET NX PX``, atomic for every client."""
         check_key(key)
         ttl = self._ttl(ttl_seconds)
         data = self._pack(key, value, ttl, time.time())
-        with _MapErrors(self, "add"):
+        try:
             done = await self._client.set(
                 self.key_prefix + key, data, nx=True, px=None if ttl is None else ttl * 1000
             )
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "add", exc) from exc
         return bool(done)
 
     async def _live(self, key: str) -> tuple[memoryview, float, float | None] | None:
-        with _MapErrors(self, "get"):
+        try:
             data = await self._client.get(self.key_prefix + key)
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "get", exc) from exc
         if data is None:
             return None
         body, created, expires = self._unpack(key, data)
@@ -309,8 +296,10 @@ class RedisStorageAdapter(BaseStorageAdapter):
     async def exists(self, key: str) -> bool:
         """Whether a live entry exists: reads only the header (``GETRANGE``)."""
         check_key(key)
-        with _MapErrors(self, "exists"):
+        try:
             head = await self._client.getrange(self.key_prefix + key, 0, _HEADER_SIZE - 1)
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "exists", exc) from exc
         if not head:
             return False
         expires = self._unpack(key, head)[2]
@@ -319,16 +308,20 @@ class RedisStorageAdapter(BaseStorageAdapter):
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was there (``DEL``)."""
         check_key(key)
-        with _MapErrors(self, "delete"):
+        try:
             return bool(await self._client.delete(self.key_prefix + key))
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "delete", exc) from exc
 
     async def _scan(self, pattern: str) -> AsyncIterator[list[bytes]]:
         # The client never decodes responses (checked in __init__), so SCAN gives bytes.
         match = self._match_prefix + pattern
         cursor = 0
         while True:
-            with _MapErrors(self, "scan"):
+            try:
                 cursor, batch = await self._client.scan(cursor, match=match, count=_BATCH)
+            except _DRIVER_ERRORS as exc:
+                raise _mapped(self, "scan", exc) from exc
             if batch:
                 yield cast("list[bytes]", batch)
             if cursor == 0:
@@ -350,7 +343,7 @@ class RedisStorageAdapter(BaseStorageAdapter):
         if not wanted:
             return {}
         prefix = self.key_prefix
-        with _MapErrors(self, "get_many"):
+        try:
             if len(wanted) <= _BATCH:
                 replies = [await self._client.mget([prefix + key for key in wanted])]
             else:
@@ -358,6 +351,8 @@ class RedisStorageAdapter(BaseStorageAdapter):
                     for start in range(0, len(wanted), _BATCH):
                         pipe.mget([prefix + key for key in wanted[start : start + _BATCH]])
                     replies = await pipe.execute()
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "get_many", exc) from exc
         found: dict[str, Any] = {}
         now = time.time()
         values = (data for reply in replies for data in reply)
@@ -381,7 +376,7 @@ class RedisStorageAdapter(BaseStorageAdapter):
         if not packed:
             return
         px = None if ttl is None else ttl * 1000
-        with _MapErrors(self, "set_many"):
+        try:
             if len(packed) <= _BATCH:
                 await self._set_chunk(self._client, packed, px)
                 return
@@ -391,6 +386,8 @@ class RedisStorageAdapter(BaseStorageAdapter):
                 for start in range(0, len(pairs), _BATCH):
                     await self._set_chunk(pipe, dict(pairs[start : start + _BATCH]), px)
                 await pipe.execute()
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "set_many", exc) from exc
 
     async def _set_chunk(
         self, client: aioredis.Redis, chunk: dict[str, bytes], px: int | None
@@ -407,13 +404,15 @@ class RedisStorageAdapter(BaseStorageAdapter):
         wanted = [self.key_prefix + key for key in dict.fromkeys(check_keys(keys))]
         if not wanted:
             return 0
-        with _MapErrors(self, "delete_many"):
+        try:
             if len(wanted) <= _BATCH:
                 return int(await self._client.delete(*wanted))
             async with self._client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(wanted), _BATCH):
                     pipe.delete(*wanted[start : start + _BATCH])
                 return sum(int(n) for n in await pipe.execute())
+        except _DRIVER_ERRORS as exc:
+            raise _mapped(self, "delete_many", exc) from exc
 
     async def cleanup(self, ttl_seconds: int | None = None) -> int:
         """With ``ttl_seconds``, delete entries at least that old; Redis expires the rest.
@@ -430,12 +429,16 @@ class RedisStorageAdapter(BaseStorageAdapter):
         args = [repr(now - age), repr(now)]
         removed = 0
         async for batch in self._scan("*"):
-            with _MapErrors(self, "cleanup"):
+            try:
                 removed += int(await self._cleanup_script(keys=batch, args=args))
+            except _DRIVER_ERRORS as exc:
+                raise _mapped(self, "cleanup", exc) from exc
         return removed
 
     async def close(self) -> None:
         """Close the client if the adapter created it (idempotent)."""
         if self._owns_client:
-            with _MapErrors(self, "close"):
+            try:
                 await self._client.aclose()
+            except _DRIVER_ERRORS as exc:
+                raise _mapped(self, "close", exc) from exc

@@ -10,6 +10,7 @@ index range on the pattern's literal prefix), never spliced into SQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -127,6 +128,13 @@ async def _reap(conn: aiosqlite.Connection) -> None:
         await asyncio.to_thread(thread.join, 5.0)
     # Let the loop run the stop message's callback, queued by the finished thread.
     await asyncio.sleep(0)
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # The failure (or cancellation) may have come after COMMIT already ran; a rollback
+    # with no transaction open must not replace the original exception.
+    with contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")
 
 
 class _MapErrors:
@@ -385,7 +393,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                 cursor = await conn.executemany(sql, rows)
                 await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                await _rollback(conn)
                 raise
         return cursor
 
@@ -425,7 +433,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                         removed += sum(1 for (exp,) in rows if exp is None or now < exp)
                     await conn.execute("COMMIT")
                 except BaseException:
-                    await conn.execute("ROLLBACK")
+                    await _rollback(conn)
                     raise
         return removed
 
