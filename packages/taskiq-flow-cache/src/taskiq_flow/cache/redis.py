@@ -18,6 +18,7 @@ lease, push the wake-up).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, cast
 
@@ -118,8 +119,10 @@ class RedisCacheAdapter(BaseCacheAdapter):
             the lease, at most 1 s). Wake-ups normally arrive by push well before.
         socket_timeout: seconds before a silent server counts as down (owned client only).
         connect_timeout: seconds to establish a connection (owned client only).
-        max_connections: connection pool size (owned client only); callers beyond it
-            queue for a connection instead of failing.
+        max_connections: most commands in flight at once from this adapter (and the size
+            of as many blocked waiters; the owned pool holds twice as many connections).
+            Callers beyond it queue instead of failing. With a borrowed client, keep twice
+            this at or below its pool size (redis-py's default pool holds 100).
     """
 
     _scope = "process"
@@ -140,6 +143,9 @@ class RedisCacheAdapter(BaseCacheAdapter):
         connect_timeout: float = 2.0,
         max_connections: int = 64,
     ) -> None:
+        if type(max_connections) is not int or max_connections <= 0:
+            msg = f"max_connections must be a positive int, got {max_connections!r}"
+            raise CacheValueError(msg)
         if (redis_url is None) == (client is None):
             msg = "pass exactly one of redis_url or client"
             raise CacheValueError(msg)
@@ -164,14 +170,11 @@ class RedisCacheAdapter(BaseCacheAdapter):
             self._owns_client = False
             user_timeout = kwargs.get("socket_timeout")
         else:
-            if type(max_connections) is not int or max_connections <= 0:
-                msg = f"max_connections must be a positive int, got {max_connections!r}"
-                raise CacheValueError(msg)
             try:
-                pool = aioredis.BlockingConnectionPool.from_url(
+                pool = aioredis.ConnectionPool.from_url(
                     cast(str, redis_url),
-                    max_connections=max_connections,
-                    timeout=socket_timeout,
+                    # Half for commands, half for blocked waiters (see _wait_slots).
+                    max_connections=2 * max_connections,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=connect_timeout,
                     # One quick retry survives a server restart (stale pooled socket);
@@ -203,6 +206,13 @@ class RedisCacheAdapter(BaseCacheAdapter):
         self._renew_script = self._client.register_script(_RENEW)
         self._commit_script = self._client.register_script(_COMMIT)
         self._closed = False
+        # Bounds the commands in flight, so 500 concurrent callers queue here instead of
+        # overflowing the client's pool (redis-py raises past max_connections). Cheaper on
+        # the hit path than redis-py's BlockingConnectionPool.
+        self._slots = asyncio.Semaphore(max_connections)
+        # Blocked waiters get their own budget: they must never starve the commits that
+        # would wake them.
+        self._wait_slots = asyncio.Semaphore(max_connections)
 
     def __repr__(self) -> str:
         kwargs = self._client.connection_pool.connection_kwargs
@@ -238,9 +248,10 @@ class RedisCacheAdapter(BaseCacheAdapter):
         ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
         payload = encode_entry(key, value)
         try:
-            await self._client.set(
-                self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
-            )
+            async with self._slots:
+                await self._client.set(
+                    self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
+                )
         except RedisError as exc:
             self._stats.backend_errors += 1
             raise _map_error("set", exc) from exc
@@ -249,7 +260,8 @@ class RedisCacheAdapter(BaseCacheAdapter):
         """Remove ``key``; return whether it was there."""
         check_key(key)
         try:
-            removed = await self._client.delete(self._value_prefix + key)
+            async with self._slots:
+                removed = await self._client.delete(self._value_prefix + key)
         except RedisError as exc:
             self._stats.backend_errors += 1
             raise _map_error("delete", exc) from exc
@@ -265,13 +277,14 @@ class RedisCacheAdapter(BaseCacheAdapter):
         removed = 0
         try:
             batch: list[bytes] = []
-            async for name in self._client.scan_iter(match=pattern, count=500):
-                batch.append(name)
-                if len(batch) >= 500:
+            async with self._slots:
+                async for name in self._client.scan_iter(match=pattern, count=500):
+                    batch.append(name)
+                    if len(batch) >= 500:
+                        removed += await self._client.unlink(*batch)
+                        batch.clear()
+                if batch:
                     removed += await self._client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                removed += await self._client.unlink(*batch)
         except RedisError as exc:
             self._stats.backend_errors += 1
             raise _map_error("clear", exc) from exc
@@ -297,17 +310,19 @@ class RedisCacheAdapter(BaseCacheAdapter):
 
     async def _read_raw(self, key: str) -> bytes | None:
         try:
-            return cast(bytes | None, await self._client.get(self._value_prefix + key))
+            async with self._slots:
+                return cast(bytes | None, await self._client.get(self._value_prefix + key))
         except RedisError as exc:
             self._stats.backend_errors += 1
             raise _map_error("get", exc) from exc
 
     async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
         try:
-            reply = await self._acquire_script(
-                keys=[self._value_prefix + key, self._lock_prefix + key],
-                args=[token, self._lease_ms, "1" if check_value else "0"],
-            )
+            async with self._slots:
+                reply = await self._acquire_script(
+                    keys=[self._value_prefix + key, self._lock_prefix + key],
+                    args=[token, self._lease_ms, "1" if check_value else "0"],
+                )
         except RedisError as exc:
             raise _map_error("lock acquire", exc) from exc
         kind = int(reply[0])
@@ -319,9 +334,10 @@ class RedisCacheAdapter(BaseCacheAdapter):
 
     async def _renew_lease(self, key: str, token: str) -> bool:
         try:
-            renewed = await self._renew_script(
-                keys=[self._lock_prefix + key], args=[token, self._lease_ms]
-            )
+            async with self._slots:
+                renewed = await self._renew_script(
+                    keys=[self._lock_prefix + key], args=[token, self._lease_ms]
+                )
         except RedisError as exc:
             raise _map_error("lock renew", exc) from exc
         return bool(renewed)
@@ -330,26 +346,28 @@ class RedisCacheAdapter(BaseCacheAdapter):
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
         try:
-            await self._commit_script(
-                keys=[
-                    self._value_prefix + key,
-                    self._lock_prefix + key,
-                    f"{self._wake_prefix}{key}:{token}",
-                ],
-                args=[
-                    token,
-                    b"" if payload is None else payload,
-                    "" if ttl_ms is None else ttl_ms,
-                    self._lease_ms,
-                    "err" if payload is None else "ok",
-                ],
-            )
+            async with self._slots:
+                await self._commit_script(
+                    keys=[
+                        self._value_prefix + key,
+                        self._lock_prefix + key,
+                        f"{self._wake_prefix}{key}:{token}",
+                    ],
+                    args=[
+                        token,
+                        b"" if payload is None else payload,
+                        "" if ttl_ms is None else ttl_ms,
+                        self._lease_ms,
+                        "err" if payload is None else "ok",
+                    ],
+                )
         except RedisError as exc:
             raise _map_error("lock release", exc) from exc
 
     async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
         wake = f"{self._wake_prefix}{key}:{holder}"
         try:
-            await self._client.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            async with self._wait_slots:
+                await self._client.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
         except RedisError as exc:
             raise _map_error("lock wait", exc) from exc
