@@ -376,7 +376,6 @@ async def _cmd_demo(args: argparse.Namespace, config: TaskiqFlowConfig, out: Tex
         data["storage"] = _describe_storage(config)
         _print_json(out, data)
     else:
-        stats = report.cache_stats
         saved_share = report.saved_by_cache / report.tasks
         skipped = report.saved_by_cache * report.work_seconds
         lines = [
@@ -388,8 +387,8 @@ async def _cmd_demo(args: argparse.Namespace, config: TaskiqFlowConfig, out: Tex
             ),
             (
                 "cache hit rate",
-                f"{report.hit_rate:.1%} (hits {stats.get('hits', '?')}, "
-                f"misses {stats.get('misses', '?')})",
+                f"{report.hit_rate:.1%} ({report.lock_waits} of the hits waited for "
+                "a running execution instead of starting their own)",
             ),
             (
                 "records stored",
