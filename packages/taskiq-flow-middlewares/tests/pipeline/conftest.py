@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,12 @@ import redis.asyncio as aioredis
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_flow.middlewares import PipelineMiddleware, StorageMiddleware
-from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, RedisStorageAdapter
+from taskiq_flow.storage import (
+    BaseStorageAdapter,
+    InMemoryStorageAdapter,
+    RedisStorageAdapter,
+    SQLiteStorageAdapter,
+)
 
 
 class SendCounter(TaskiqMiddleware):
@@ -82,11 +88,17 @@ async def make_flow() -> AsyncIterator[FlowFactory]:
         await store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def any_storage(request: pytest.FixtureRequest) -> AsyncIterator[BaseStorageAdapter]:
-    """The two shared backends a multi-worker pipeline runs on."""
-    if request.param == "memory":
-        store: BaseStorageAdapter = InMemoryStorageAdapter()
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def any_storage(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BaseStorageAdapter]:
+    """Every backend run state can live in (SQLite and Redis are shared across processes)."""
+    if request.param in {"memory", "sqlite"}:
+        store: BaseStorageAdapter = (
+            InMemoryStorageAdapter()
+            if request.param == "memory"
+            else SQLiteStorageAdapter(tmp_path / "pipeline.db")
+        )
         yield store
         await store.close()
         return
