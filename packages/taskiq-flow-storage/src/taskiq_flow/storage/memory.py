@@ -154,11 +154,20 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
         """Values of the live keys among ``keys``."""
         keys = check_keys(keys)
         now = time.time()
+        data = self._data
+        bounded = self.max_entries is not None
         found: dict[str, Any] = {}
-        for key in keys:
-            item = self._live(key, now)
-            if item is not None:
-                found[key] = decode(key, item[0], type)
+        for key in keys:  # _live() inlined: this loop is the point of the batch form
+            item = data.get(key)
+            if item is None:
+                continue
+            expires = item[2]
+            if expires is not None and now >= expires:
+                del data[key]
+                continue
+            if bounded:
+                data.move_to_end(key)
+            found[key] = decode(key, item[0], type)
         return found
 
     async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
