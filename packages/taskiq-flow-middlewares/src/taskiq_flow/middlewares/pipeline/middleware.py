@@ -346,8 +346,8 @@ class PipelineMiddleware(TaskiqMiddleware):
             if node.retries and "retry_on_error" not in kicker.labels:
                 # taskiq's retry middlewares count the first attempt in max_retries.
                 kicker.with_labels(retry_on_error=True, max_retries=node.retries + 1)
-            self._counters["steps_sent"] += 1
             await kicker.kiq(**step.kwargs)
+            self._counters["steps_sent"] += 1
         except Exception as exc:
             self._counters["errors"] += 1
             logger.exception("pipeline %s: could not send node %s", spec.pipeline_id, node.name)
