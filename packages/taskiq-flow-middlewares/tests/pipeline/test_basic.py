@@ -261,3 +261,24 @@ async def test_step_record_return_value_is_json(make_flow) -> None:
     await run.wait_result(timeout=5)
     record = await flow.storage.get(f"pipeline:json_1:task:{run.task_ids['compute_stats']}")
     assert json.loads(record["return_value"]) == 9
+
+
+async def test_run_state_carries_the_run_ttl(make_flow) -> None:
+    flow = await make_flow(pipeline=PipelineMiddleware(ttl_seconds=60))
+    pipeline = two_node_pipeline(flow)
+    run = await pipeline.kiq(data=[1], pipeline_id="ttl_1")
+    await run.wait_result(timeout=5)
+    state = [k for k in await flow.storage.keys("pipeline:ttl_1:*") if ":task:" not in k]
+    assert len(state) == 7
+    for key in state:
+        entry = await flow.storage.get_entry(key)
+        assert entry is not None
+        assert 0 < entry.remaining_ttl() <= 60, key
+
+
+def test_pipeline_middleware_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="BaseStorageAdapter"):
+        PipelineMiddleware(storage={})  # type: ignore[arg-type]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="ttl_seconds"):
+            PipelineMiddleware(ttl_seconds=bad)  # type: ignore[arg-type]
