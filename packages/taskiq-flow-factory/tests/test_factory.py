@@ -302,3 +302,27 @@ def test_guide_import_path() -> None:
     from taskiq_flow.storage.factory import StorageAdapterFactory as FromStorage
 
     assert FromStorage is StorageAdapterFactory
+
+
+def test_redis_selected_without_the_redis_package() -> None:
+    """In a process where `redis` cannot be imported, the error names the extra to install."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['redis'] = None\n"  # what an absent package looks like
+        "from taskiq_flow.config import BackendNotInstalledError, TaskiqFlowConfig\n"
+        "from taskiq_flow.factory import StorageAdapterFactory\n"
+        "env = {'TASKIQ_FLOW_CACHE_REDIS_URL': 'redis://cache:6379/0'}\n"
+        "try:\n"
+        "    StorageAdapterFactory.create_cache_adapter(TaskiqFlowConfig(environ=env))\n"
+        "except BackendNotInstalledError as exc:\n"
+        "    assert isinstance(exc, ImportError)\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'taskiq-flow-cache[redis]'" in done.stdout
+    assert done.stdout.startswith("TASKIQ_FLOW_CACHE_REDIS_URL selects the redis backend")

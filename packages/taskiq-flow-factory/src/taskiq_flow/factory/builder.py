@@ -25,7 +25,10 @@ class DefaultMiddlewares(TypedDict):
 def _require_redis(side: str, config: TaskiqFlowConfig) -> None:
     # Check the driver itself, so that an ImportError from a real bug is never relabelled.
     if importlib.util.find_spec("redis") is None:
-        source = config.source_label(f"{side}_type")
+        type_field = f"{side}_type"
+        # Under "auto" it is the URL that chose Redis: blame the setting the user wrote.
+        chosen_by = type_field if getattr(config, type_field) == "redis" else f"{side}_redis_url"
+        source = config.source_label(chosen_by)
         extra = f"taskiq-flow-{side}[redis]"
         raise BackendNotInstalledError("redis", extra, source=source)
 
