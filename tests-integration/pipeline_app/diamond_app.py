@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqResult
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
@@ -60,7 +61,8 @@ class RacePipelineMiddleware(PipelineMiddleware):
     async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         await super().post_save(message, result)
         # After every step, this process's totals (claims lost = races settled by add).
-        await self.client.hset(STATS.format(pid=os.getpid()), mapping=self.get_stats())
+        stats: dict[FieldT, EncodableT] = dict(self.get_stats().items())
+        await self.client.hset(STATS.format(pid=os.getpid()), mapping=stats)
 
 
 @dataclass
