@@ -22,6 +22,7 @@ from taskiq_flow.cache import (
     CacheValueError,
     InMemoryCacheAdapter,
 )
+from taskiq_flow.cache.codec import encode_entry
 
 CacheFactory = Callable[..., BaseCacheAdapter]
 
@@ -435,3 +436,24 @@ async def test_async_context_manager_closes(make_cache: CacheFactory) -> None:
     async with make_cache() as cache:
         await cache.set("k", 1)
         assert await cache.get("k") == 1
+
+
+# -- the lease primitives the lock is built on -------------------------------------------------
+
+
+async def test_acquire_lease_contract(cache: BaseCacheAdapter) -> None:
+    first = await cache._acquire_lease("k", "token-a", ignore=None)
+    assert first.acquired
+    assert first.payload is None
+    await cache._commit("k", "token-a", encode_entry("k", "v1"), 60_000)
+    old = encode_entry("k", "v1")
+    present = await cache._acquire_lease("k", "token-b", ignore=None)
+    assert (present.payload, present.acquired) == (old, False)
+    # The entry the caller already saw (stale or corrupt) does not count as a value...
+    again = await cache._acquire_lease("k", "token-b", ignore=old)
+    assert again.acquired
+    await cache._commit("k", "token-b", encode_entry("k", "v2"), 60_000)
+    # ...but a different one (refreshed meanwhile) is returned instead of a second lease.
+    refreshed = await cache._acquire_lease("k", "token-c", ignore=old)
+    assert refreshed.payload == encode_entry("k", "v2")
+    assert not refreshed.acquired

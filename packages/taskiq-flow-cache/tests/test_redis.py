@@ -252,3 +252,21 @@ async def test_a_hung_server_times_out(redis_server: RedisServer) -> None:
             os.kill(pid, signal.SIGCONT)
     finally:
         await cache.close()
+
+
+async def test_lease_reports_its_holder_renews_and_lapses(redis_url: str) -> None:
+    one = RedisCacheAdapter(redis_url, lock_timeout=1)
+    two = RedisCacheAdapter(redis_url, lock_timeout=1)
+    try:
+        assert (await one._acquire_lease("k", "token-a", ignore=None)).acquired
+        held = await two._acquire_lease("k", "token-b", ignore=None)
+        assert (held.acquired, held.holder) == (False, "token-a")
+        assert await one._renew_lease("k", "token-a") is True
+        assert await two._renew_lease("k", "token-b") is False
+        await asyncio.sleep(1.1)  # no renewal: the lease lapses
+        assert (await two._acquire_lease("k", "token-b", ignore=None)).acquired
+        await one._commit("k", "token-a", None, None)  # a late release must not free b's
+        assert (await one._acquire_lease("k", "token-c", ignore=None)).holder == "token-b"
+    finally:
+        await one.close()
+        await two.close()

@@ -195,7 +195,9 @@ class BaseCacheAdapter(ABC):
     async def _read_raw(self, key: str) -> bytes | None: ...
 
     @abstractmethod
-    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult: ...
+    async def _acquire_lease(
+        self, key: str, token: str, *, ignore: bytes | None
+    ) -> LeaseResult: ...
 
     async def _renew_lease(self, key: str, token: str) -> bool:
         return True

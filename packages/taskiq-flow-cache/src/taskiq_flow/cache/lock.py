@@ -85,8 +85,11 @@ class LockBackend(Protocol):
     async def _read_raw(self, key: str) -> bytes | None:
         """The stored entry bytes, or ``None``."""
 
-    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
-        """Return the value if present (when ``check_value``), else take or report the lease."""
+    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
+        """Return the entry unless absent or equal to ``ignore``; else take or report the lease.
+
+        ``ignore`` is a stale or corrupt entry the caller has already seen.
+        """
 
     async def _renew_lease(self, key: str, token: str) -> bool:
         """Extend the lease if ``token`` still holds it."""
@@ -171,17 +174,18 @@ class DogpileLock:
                 return await self._serve_stale(
                     _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
                     entry.value,
+                    payload,
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
         return await self._miss(
             _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
-            corrupt=payload is not None,
+            seen=payload,
         )
 
     # -- miss: single flight, then the lease -------------------------------------------
 
-    async def _miss(self, req: _Request, *, corrupt: bool) -> Any:
+    async def _miss(self, req: _Request, *, seen: bytes | None) -> Any:
         key = req.key
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
@@ -193,7 +197,7 @@ class DogpileLock:
         flight = loop.create_future()
         self._flights[key] = flight
         try:
-            value = await self._fill(req, deadline, corrupt=corrupt)
+            value = await self._fill(req, deadline, ignore=seen)
         except Exception as exc:
             _settle(flight, exc)
             raise
@@ -219,17 +223,16 @@ class DogpileLock:
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
 
-    async def _fill(self, req: _Request, deadline: float, *, corrupt: bool) -> Any:
+    async def _fill(self, req: _Request, deadline: float, *, ignore: bytes | None) -> Any:
         key = req.key
         backend = self._backend
         loop = asyncio.get_running_loop()
         token = secrets.token_hex(16)
         started = loop.time()
         waited = False
-        check_value = not corrupt
         while True:
             try:
-                lease = await backend._acquire_lease(key, token, check_value=check_value)
+                lease = await backend._acquire_lease(key, token, ignore=ignore)
             except _BACKEND_ERRORS:
                 self._stats.backend_errors += 1
                 if not req.fallback_on_error:
@@ -240,7 +243,7 @@ class DogpileLock:
                 if entry is not None:
                     return entry.value
                 self._stats.corrupt_entries += 1
-                check_value = False
+                ignore = lease.payload
                 continue
             if lease.acquired:
                 return await self._create(req, token)
@@ -261,8 +264,6 @@ class DogpileLock:
                 if not req.fallback_on_error:
                     raise
                 return await self._uncached(req)
-            # A fresh value may have replaced a corrupt one while we waited.
-            check_value = True
 
     # -- the holder ----------------------------------------------------------------------
 
@@ -327,7 +328,7 @@ class DogpileLock:
 
     # -- stale-while-revalidate -------------------------------------------------------------
 
-    async def _serve_stale(self, req: _Request, stale: Any) -> Any:
+    async def _serve_stale(self, req: _Request, stale: Any, payload: bytes) -> Any:
         key = req.key
         stats = self._stats
         if key in self._flights:
@@ -339,11 +340,19 @@ class DogpileLock:
         token = secrets.token_hex(16)
         try:
             try:
-                lease = await self._backend._acquire_lease(key, token, check_value=False)
+                # ignore=payload: if another process refreshed the entry meanwhile, the new
+                # value comes back instead of a second regeneration.
+                lease = await self._backend._acquire_lease(key, token, ignore=payload)
             except _BACKEND_ERRORS as exc:
                 stats.backend_errors += 1
                 logger.warning("serving a stale value of %r: %s", key, exc)
                 lease = LeaseResult(None, False, None)
+            if lease.payload is not None:
+                refreshed = decode_entry(key, lease.payload)
+                if refreshed is not None:
+                    stats.hits += 1
+                    flight.set_result(refreshed.value)
+                    return refreshed.value
             if not lease.acquired:
                 stats.hits += 1
                 stats.stale_hits += 1

@@ -147,11 +147,10 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
     async def _read_raw(self, key: str) -> bytes | None:
         return self._lookup(key)
 
-    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
-        if check_value:
-            payload = self._lookup(key)
-            if payload is not None:
-                return LeaseResult(payload, False, None)
+    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
+        payload = self._lookup(key)
+        if payload is not None and payload != ignore:
+            return LeaseResult(payload, False, None)
         return LeaseResult(None, True, None)
 
     async def _commit(

@@ -19,6 +19,7 @@ lease, push the wake-up).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from typing import Any, cast
 
@@ -46,13 +47,11 @@ __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
 
 DEFAULT_KEY_PREFIX = "taskiq_flow_cache:"
 
-# KEYS: value, lease. ARGV: token, lease ms, check value ("1"/"0").
+# KEYS: value, lease. ARGV: token, lease ms, SHA-1 of an entry to ignore ('' = none).
 # -> {1, payload} | {0, holder token} | {2} (acquired)
 _ACQUIRE = """
-if ARGV[3] == '1' then
-  local v = redis.call('GET', KEYS[1])
-  if v then return {1, v} end
-end
+local v = redis.call('GET', KEYS[1])
+if v and (ARGV[3] == '' or redis.sha1hex(v) ~= ARGV[3]) then return {1, v} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {0, holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -316,12 +315,14 @@ class RedisCacheAdapter(BaseCacheAdapter):
             self._stats.backend_errors += 1
             raise _map_error("get", exc) from exc
 
-    async def _acquire_lease(self, key: str, token: str, *, check_value: bool) -> LeaseResult:
+    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
+        # Only a digest travels: the entry to ignore may be large.
+        skip = "" if ignore is None else hashlib.sha1(ignore, usedforsecurity=False).hexdigest()
         try:
             async with self._slots:
                 reply = await self._acquire_script(
                     keys=[self._value_prefix + key, self._lock_prefix + key],
-                    args=[token, self._lease_ms, "1" if check_value else "0"],
+                    args=[token, self._lease_ms, skip],
                 )
         except RedisError as exc:
             raise _map_error("lock acquire", exc) from exc
