@@ -10,7 +10,8 @@ everywhere, quirks included:
 * ``\\x`` outside brackets is a literal ``x``; a trailing lone ``\\`` is a literal ``\\``;
 * an unterminated ``[`` takes the rest of the pattern as its set (``a[bc`` matches
   ``ab``); a lone ``[`` at the end matches nothing;
-* ranges compare bytes as C ``char`` (signed), as Redis does on x86 and ARM64 Linux.
+* ranges compare bytes as C ``char``, signed, as Redis built for x86-64 does. (Redis on
+  ARM, where ``char`` is unsigned, differs only for ranges with a non-ASCII end.)
 
 Keys are matched as their UTF-8 bytes.
 """
