@@ -12,17 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import msgspec
 
 from taskiq_flow.config import CACHE_TYPES, STORAGE_TYPES, ConfigError, TaskiqFlowConfig, mask_url
 from taskiq_flow.factory._progress import Progress
 from taskiq_flow.factory.builder import StorageAdapterFactory
+
+if TYPE_CHECKING:
+    from taskiq_flow.storage import BaseStorageAdapter
 
 __all__ = [
     "DEFAULT_SQLITE_PATH",
@@ -343,6 +347,20 @@ def _existing_store(config: TaskiqFlowConfig) -> None:
             raise _CommandError(msg, EXIT_NOT_FOUND)
 
 
+def _location_flags(args: argparse.Namespace) -> str:
+    """The flags that pointed this command at its store, to repeat in a hint."""
+    flags = ""
+    for name, flag in (
+        ("sqlite_path", "--sqlite-path"),
+        ("storage_redis_url", "--storage-redis-url"),
+    ):
+        value = getattr(args, name, None)
+        if value:
+            shown = mask_url(value) if name == "storage_redis_url" else value
+            flags += f" {flag} {shlex.quote(shown)}"
+    return flags
+
+
 async def _cmd_demo(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -> int:
     from taskiq_flow.factory.demo import run_demo  # noqa: PLC0415  (pulls in taskiq)
 
@@ -401,7 +419,7 @@ async def _cmd_demo(args: argparse.Namespace, config: TaskiqFlowConfig, out: Tex
         for label, value in lines:
             out.write(f"{label:<20}{value}\n")
         if report.storage_backend != "inmemory":
-            out.write("\nnext: taskiq-flow storage keys 'task:*'\n")
+            out.write(f"\nnext: taskiq-flow storage keys 'task:*'{_location_flags(args)}\n")
     return EXIT_OK if report.results_correct == report.tasks else EXIT_BACKEND_ERROR
 
 
@@ -432,7 +450,7 @@ async def _cmd_storage(args: argparse.Namespace, config: TaskiqFlowConfig, out: 
 
 
 async def _storage_keys(
-    args: argparse.Namespace, storage: Any, out: TextIO, *, as_json: bool
+    args: argparse.Namespace, storage: BaseStorageAdapter, out: TextIO, *, as_json: bool
 ) -> int:
     progress = _progress(args, "listing")
     found: list[str] = []
@@ -460,7 +478,7 @@ async def _storage_keys(
 
 
 async def _storage_get(
-    args: argparse.Namespace, storage: Any, out: TextIO, *, as_json: bool
+    args: argparse.Namespace, storage: BaseStorageAdapter, out: TextIO, *, as_json: bool
 ) -> int:
     entry = await storage.get_entry(args.key)
     if entry is None:
@@ -483,7 +501,7 @@ async def _storage_get(
 
 
 async def _storage_cleanup(
-    args: argparse.Namespace, storage: Any, out: TextIO, *, as_json: bool
+    args: argparse.Namespace, storage: BaseStorageAdapter, out: TextIO, *, as_json: bool
 ) -> int:
     started = time.perf_counter()
     # One call: the backend removes in bulk (one DELETE in SQLite); the line only shows
