@@ -249,6 +249,9 @@ def test_unreachable_redis_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
         code, _, err = run(capsys, *argv, "--storage-redis-url", url)
         assert code == EXIT_UNREACHABLE, err
         assert "Connection" in err or "connect" in err
+    code, _, err = run(capsys, "cache", "stats", "--cache-redis-url", url)
+    assert code == EXIT_UNREACHABLE, err
+    assert "CacheConnectionError" in err
 
 
 def test_cache_stats(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
@@ -259,6 +262,8 @@ def test_cache_stats(capsys: pytest.CaptureFixture[str], redis_url: str) -> None
     code, data, _ = run_json(capsys, "cache", "stats", "--cache-redis-url", redis_url)
     assert code == EXIT_OK
     assert data["backend"].startswith("redis")
+    assert data["reachable"] is True
+    assert data["stats"]["scope"] == "process"
     code, out, err = run(capsys, "cache", "stats")
     assert code == EXIT_OK
     assert "hit_rate" in out

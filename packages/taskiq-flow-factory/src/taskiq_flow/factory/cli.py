@@ -537,6 +537,9 @@ async def _cmd_cache(args: argparse.Namespace, config: TaskiqFlowConfig, out: Te
     cache = StorageAdapterFactory.create_cache_adapter(config)
     try:
         stats = dict(cache.get_stats())
+        # One read proves the backend answers (a CacheConnectionError exits 3); taken
+        # after the snapshot so that the probe's own miss is not in the figures.
+        await cache.get("taskiq-flow-cli:reachability-probe")
     finally:
         await cache.close()
     note = ""
@@ -547,9 +550,12 @@ async def _cmd_cache(args: argparse.Namespace, config: TaskiqFlowConfig, out: Te
             "Redis cache"
         )
     if getattr(args, "json", False):
-        _print_json(out, {"backend": _describe_cache(config), "stats": stats, "note": note})
+        _print_json(
+            out,
+            {"backend": _describe_cache(config), "reachable": True, "stats": stats, "note": note},
+        )
         return EXIT_OK
-    out.write(f"cache  {_describe_cache(config)}\n")
+    out.write(f"cache  {_describe_cache(config)} (reachable)\n")
     for key, value in stats.items():
         shown = f"{value:.1%}" if key == "hit_rate" and isinstance(value, float) else value
         out.write(f"{key:<14}{shown}\n")
