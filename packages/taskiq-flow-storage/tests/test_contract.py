@@ -315,7 +315,7 @@ async def test_expiry_edge_and_cleanup_counts(storage: BaseStorageAdapter) -> No
     assert await storage.get("short", "gone") == "gone"
     assert await storage.get_entry("short") is None
     assert not await storage.exists("short")
-    assert time.time() < edge + 0.5
+    assert time.time() < edge + 0.75  # the reads above ran at the edge, not long after
     await _wait_until(max(edges) + 0.00005)
     assert await storage.get_many(["short", "short_batch", "short_add", "old1"]) == {"old1": 1}
 
