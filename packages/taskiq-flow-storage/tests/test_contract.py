@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from taskiq_flow.storage import (
     BaseStorageAdapter,
@@ -285,6 +287,8 @@ async def test_close_is_idempotent_and_context_manager(make_storage: StorageFact
         await storage.set("k", 1)
     await storage.close()
     await storage.close()
+    assert await storage.get("k") == 1  # used again after close(): reconnects
+    await storage.close()
 
 
 # ---------------------------------------------------------------- expiry
@@ -358,6 +362,29 @@ async def test_round_trip(
         entry = await storage.get_entry("m", type=as_type)
         assert entry is not None
         assert entry.value == value
+
+
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=JSONISH)
+async def test_any_value_round_trips(storage: BaseStorageAdapter, value: Any) -> None:
+    await storage.set("v", value)
+    assert await storage.get("v", default=object()) == value
+    await storage.set_many({"a": value, "b": [value]})
+    assert await storage.get_many(["a", "b"]) == {"a": value, "b": [value]}
 
 
 async def test_nan_round_trips(storage: BaseStorageAdapter) -> None:
