@@ -102,7 +102,7 @@ async def test_waiters_in_other_adapters_are_woken_by_push(redis_url: str) -> No
         assert await leader == "pushed"
         for value, finished in results:
             assert value == "pushed"
-            assert finished - committed_at < 0.5
+            assert finished - committed_at < 1.0  # the poll would take 5 s
         assert [w.get_stats()["lock_waits"] for w in waiters] == [1, 1, 1]
     finally:
         for adapter in (holder, *waiters):

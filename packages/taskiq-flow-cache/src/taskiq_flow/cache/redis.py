@@ -330,7 +330,8 @@ class RedisCacheAdapter(BaseCacheAdapter):
         if kind == 1:
             return LeaseResult(bytes(reply[1]), False, None)
         if kind == 0:
-            return LeaseResult(None, False, bytes(reply[1]).decode())
+            # "replace": a foreign, non-UTF-8 lease value must not crash the waiter.
+            return LeaseResult(None, False, bytes(reply[1]).decode("utf-8", "replace"))
         return LeaseResult(None, True, None)
 
     async def _renew_lease(self, key: str, token: str) -> bool:
