@@ -10,9 +10,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
-from taskiq_flow.cache import CacheConnectionError, CacheLockTimeout, CacheValueError
+from taskiq_flow.cache import (
+    CacheBackendError,
+    CacheConnectionError,
+    CacheLockTimeout,
+    CacheValueError,
+)
 from taskiq_flow.cache.redis import DEFAULT_KEY_PREFIX, RedisCacheAdapter
 from taskiq_flow_testing import RedisServer, free_port
 
@@ -270,3 +276,14 @@ async def test_lease_reports_its_holder_renews_and_lapses(redis_url: str) -> Non
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_redis_error_reply_is_a_backend_error(client: aioredis.Redis) -> None:
+    cache = RedisCacheAdapter(client=client)
+    await client.lpush(DEFAULT_KEY_PREFIX + "v:k", b"not a string")  # WRONGTYPE for GET
+    with pytest.raises(CacheBackendError, match="WRONGTYPE") as info:
+        await cache.get("k")
+    assert isinstance(info.value.__cause__, redis.exceptions.ResponseError)
+    with pytest.raises(CacheBackendError):
+        await cache.get_or_create("k", lambda: 1, 60)
+    assert cache.get_stats()["backend_errors"] == 2
