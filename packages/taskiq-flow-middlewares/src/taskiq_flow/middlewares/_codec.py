@@ -49,6 +49,15 @@ def _enc_hook(obj: Any) -> Any:
 _KEY_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook, order="deterministic")
 _PAYLOAD_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _JSON_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+# What msgspec raises for a value it cannot encode; RecursionError for one nested too
+# deeply or containing itself (a task returning such a value must not fail for it).
+_ENCODE_ERRORS = (
+    TypeError,
+    NotImplementedError,
+    OverflowError,
+    RecursionError,
+    msgspec.EncodeError,
+)
 
 
 class Unencodable(Exception):
@@ -82,7 +91,7 @@ _PAYLOAD_DECODER = msgspec.msgpack.Decoder(CachedValue)
 def _error_args(exc: BaseException) -> list[Any]:
     try:
         _PAYLOAD_ENCODER.encode(list(exc.args))
-    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError):
+    except _ENCODE_ERRORS:
         return [str(exc)]
     return list(exc.args)
 
@@ -102,7 +111,7 @@ def encode_value_payload(value: Any) -> bytes:
     """Encode a successful return value; raise :class:`Unencodable` if msgspec cannot."""
     try:
         return _PAYLOAD_ENCODER.encode(CachedValue(value=value))
-    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise Unencodable(str(exc)) from exc
 
 
@@ -235,7 +244,7 @@ def cache_key_digest(
     canonical = _binder(func).canonical(args, kwargs)
     try:
         encoded = _KEY_ENCODER.encode(canonical)
-    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise Unencodable(str(exc)) from exc
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
@@ -244,5 +253,5 @@ def to_json_text(value: Any) -> str:
     """JSON text of a return value (the record's ``return_value``); :class:`Unencodable` if not."""
     try:
         return _JSON_ENCODER.encode(value).decode()
-    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise Unencodable(str(exc)) from exc
