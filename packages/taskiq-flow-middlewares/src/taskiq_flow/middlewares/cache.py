@@ -159,6 +159,8 @@ class CacheMiddleware(TaskiqMiddleware):
     def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Decide how this message uses the cache; make sure its task is wrapped."""
         _CURRENT.set(None)
+        # Only this middleware may say a result came from the cache, never the sender.
+        message.labels.pop(_labels.LABEL_CACHE_HIT, None)
         task = self.broker.find_task(message.task_name)
         if task is None:
             return message

@@ -103,6 +103,11 @@ class StorageMiddleware(TaskiqMiddleware):
 
     # -- taskiq hooks --------------------------------------------------------------------
 
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Drop a ``cache_hit`` label the sender set: it would hide this execution's record."""
+        message.labels.pop(_labels.LABEL_CACHE_HIT, None)
+        return message
+
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Write the record of this execution (never raises)."""
         if not self.enabled or isinstance(result.error, NoResultError):
