@@ -182,3 +182,14 @@ async def test_given_client_is_used_and_not_closed(redis_url: str) -> None:
         assert await client.get("c:k") is not None  # still usable: not ours to close
     finally:
         await client.aclose()
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(redis_url: str) -> None:
+    # A worker runs ~100 tasks at once; redis-py's default pool raised "Too many
+    # connections" past its limit instead of letting callers wait.
+    async with RedisStorageAdapter(redis_url, max_connections=4) as storage:
+        await asyncio.gather(*(storage.set(f"k{i}", i) for i in range(300)))
+        values = await asyncio.gather(*(storage.get(f"k{i}") for i in range(300)))
+        assert values == list(range(300))
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisStorageAdapter(redis_url, max_connections=0)
