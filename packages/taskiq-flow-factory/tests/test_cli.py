@@ -87,8 +87,17 @@ def test_demo_then_inspect_the_default_sqlite_store(
 
     code, counted, _ = run_json(capsys, "storage", "count", "task:*")
     assert (code, counted["count"]) == (EXIT_OK, 8)
-    code, out, _ = run(capsys, "storage", "count")
+    code, out, _ = run(capsys, "storage", "count", "task:*")
     assert (code, out.strip()) == (EXIT_OK, "8")
+
+    # The demo's pipeline run: one record per step under its pipeline_id, plus run state.
+    pipeline_id = report["pipeline_id"]
+    assert report["pipeline_outputs"]["summary"] == "10 words, 53 letters"
+    code, listing, _ = run_json(capsys, "storage", "keys", f"pipeline:{pipeline_id}:task:*")
+    assert (code, listing["count"], report["pipeline_steps_stored"]) == (EXIT_OK, 4, 4)
+    code, out, _ = run(capsys, "storage", "count")
+    assert code == EXIT_OK
+    assert int(out) > 8 + 4  # task records, step records and the pipeline's state keys
 
     # A second run: a fresh in-memory cache executes again, the store accumulates.
     code, report, _ = run_json(capsys, *SMALL_DEMO)
@@ -123,7 +132,7 @@ def test_demo_honours_sqlite_flag_and_env(
     code, report, _ = run_json(capsys, *SMALL_DEMO, env=env)
     assert code == EXIT_OK
     assert env_db.is_file()
-    code, counted, _ = run_json(capsys, "storage", "count", env=env)
+    code, counted, _ = run_json(capsys, "storage", "count", "task:*", env=env)
     assert counted["count"] == 8
     assert not (tmp_path / DEFAULT_SQLITE_PATH).exists()
 
@@ -154,15 +163,15 @@ def test_missing_things_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, _, err = run(capsys, "storage", "get", "task:nope")
     assert code == EXIT_NOT_FOUND
     assert "task:nope" in err
-    code, out, _ = run(capsys, "storage", "keys", "pipeline:*")
+    code, out, _ = run(capsys, "storage", "keys", "nothing:*")
     assert (code, out) == (EXIT_NOT_FOUND, "")
-    code, counted, _ = run_json(capsys, "storage", "count", "pipeline:*")
+    code, counted, _ = run_json(capsys, "storage", "count", "nothing:*")
     assert (code, counted["count"]) == (EXIT_OK, 0)
 
 
 def test_keys_limit(capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, *SMALL_DEMO)
-    code, listing, _ = run_json(capsys, "storage", "keys", "--limit", "3")
+    code, listing, _ = run_json(capsys, "storage", "keys", "task:*", "--limit", "3")
     assert (code, len(listing["keys"]), listing["count"], listing["truncated"]) == (
         EXIT_OK,
         3,

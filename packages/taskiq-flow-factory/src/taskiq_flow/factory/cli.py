@@ -414,12 +414,19 @@ async def _cmd_demo(args: argparse.Namespace, config: TaskiqFlowConfig, out: Tex
                 "records in the store",
             ),
             ("results correct", f"{report.results_correct} of {report.tasks}"),
+            (
+                "pipeline run",
+                f"{report.pipeline_id}: {report.pipeline_outputs.get('summary')!s} "
+                f"({report.pipeline_steps_stored} step records)",
+            ),
             ("time taken", f"{report.seconds:.2f} s"),
         ]
         for label, value in lines:
             out.write(f"{label:<20}{value}\n")
         if report.storage_backend != "inmemory":
-            out.write(f"\nnext: taskiq-flow storage keys 'task:*'{_location_flags(args)}\n")
+            flags = _location_flags(args)
+            out.write(f"\nnext: taskiq-flow storage keys 'task:*'{flags}\n")
+            out.write(f"      taskiq-flow storage keys 'pipeline:{report.pipeline_id}:*'{flags}\n")
     return EXIT_OK if report.results_correct == report.tasks else EXIT_BACKEND_ERROR
 
 
