@@ -190,3 +190,17 @@ async def test_table_survives_sql_in_keys(tmp_path: Path) -> None:
         assert await storage.keys("*DROP TABLE*") == ["x'); DROP TABLE taskiq_flow_storage; --"]
         await storage.cleanup(ttl_seconds=1)
         assert await storage.exists("x'); DROP TABLE taskiq_flow_storage; --")
+
+
+async def test_many_connections_open_a_new_file_at_once(tmp_path: Path) -> None:
+    # Switching a new file to WAL takes an exclusive lock and SQLite reports "database
+    # is locked" without waiting; adapters opening one file together must wait it out.
+    for round_ in range(20):
+        path = tmp_path / f"fresh{round_}.sqlite3"
+        adapters = [SQLiteStorageAdapter(path) for _ in range(16)]
+        try:
+            results = await asyncio.gather(*(a.add("claim", i) for i, a in enumerate(adapters)))
+            assert results.count(True) == 1
+        finally:
+            for adapter in adapters:
+                await adapter.close()

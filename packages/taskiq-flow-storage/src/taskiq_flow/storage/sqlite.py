@@ -164,6 +164,32 @@ class _MapErrors:
             raise StorageError(msg) from exc
 
 
+async def _enable_wal(conn: aiosqlite.Connection) -> None:
+    """Switch the file to WAL, waiting out other connections doing the same.
+
+    Changing the journal mode needs an exclusive lock, and SQLite answers ``database is
+    locked`` at once (no busy handler) while another connection holds the file — which
+    is what several processes opening one new file together do.
+    """
+    rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+    if rows and str(rows[0][0]).lower() == "wal":
+        return  # WAL is persistent: set once per file, nothing to lock for
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        else:
+            return
+
+
 class SQLiteStorageAdapter(BaseStorageAdapter):
     """Entries in the table ``taskiq_flow_storage`` of a SQLite database.
 
@@ -209,7 +235,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 if self.path != ":memory:":
-                    await conn.execute("PRAGMA journal_mode = WAL")
+                    await _enable_wal(conn)
                     # With WAL, NORMAL loses no committed data on an application crash.
                     await conn.execute("PRAGMA synchronous = NORMAL")
                 for statement in _SCHEMA:
