@@ -88,8 +88,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     n, repeat = args.tasks, args.repeat

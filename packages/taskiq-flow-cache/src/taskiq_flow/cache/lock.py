@@ -227,7 +227,8 @@ class DogpileLock:
         key = req.key
         backend = self._backend
         loop = asyncio.get_running_loop()
-        token = secrets.token_hex(16)
+        # Only a cross-process lease needs a unique token (compare-and-delete release).
+        token = secrets.token_hex(16) if backend._lease_seconds is not None else ""
         started = loop.time()
         waited = False
         while True:

@@ -24,6 +24,9 @@ LABEL_CACHE_KEY = "cache_key"
 LABEL_CACHE_HIT = "cache_hit"
 LABEL_PIPELINE_ID = "pipeline_id"
 
+OUR_LABELS = frozenset({LABEL_CACHE, LABEL_CACHE_TTL, LABEL_CACHE_ERRORS, LABEL_CACHE_KEY})
+"""The labels CacheMiddleware reads: a message with none of them takes the defaults."""
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 

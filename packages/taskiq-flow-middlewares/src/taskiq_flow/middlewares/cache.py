@@ -191,17 +191,18 @@ class CacheMiddleware(TaskiqMiddleware):
     def _decide(self, message: TaskiqMessage, func: Callable[..., Any]) -> _Call | None:
         if not self.enabled:
             return None
-        if not _labels.parse_bool(message, _labels.LABEL_CACHE, default=True):
-            return None
-        ttl = _labels.parse_ttl(message, self.default_ttl)
+        ttl, cache_errors = self.default_ttl, self.cache_errors
+        explicit = None
+        if not _labels.OUR_LABELS.isdisjoint(message.labels):
+            if not _labels.parse_bool(message, _labels.LABEL_CACHE, default=True):
+                return None
+            ttl = _labels.parse_ttl(message, self.default_ttl)
+            cache_errors = _labels.parse_bool(
+                message, _labels.LABEL_CACHE_ERRORS, default=self.cache_errors
+            )
+            explicit = message.labels.get(_labels.LABEL_CACHE_KEY)
         if ttl == 0:
             return None
-        cache_errors = _labels.parse_bool(
-            message,
-            _labels.LABEL_CACHE_ERRORS,
-            default=self.cache_errors,
-        )
-        explicit = message.labels.get(_labels.LABEL_CACHE_KEY)
         if explicit is not None and str(explicit):
             key = f"{message.task_name}:key:{explicit}"
         else:
