@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from taskiq_flow.storage.codec import decode
 from taskiq_flow.storage.entry import StorageEntry
 from taskiq_flow.storage.errors import InvalidKeyError, InvalidTTLError
 
+RawEntry = tuple[bytes | memoryview, float, float | None]
+"""A live entry as a backend holds it: encoded value, created and expiry epoch seconds."""
+
 __all__ = [
     "BaseStorageAdapter",
+    "RawEntry",
     "check_key",
     "check_keys",
     "check_pattern",
@@ -129,7 +135,6 @@ class BaseStorageAdapter(ABC):
             Whether this call wrote the value (exactly one of racing callers gets ``True``).
         """
 
-    @abstractmethod
     async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value under ``key``, or ``default`` when missing or expired.
 
@@ -146,10 +151,32 @@ class BaseStorageAdapter(ABC):
             StorageCorruptError: the stored bytes are not a value; names the key.
             StorageSerializationError: the value does not match ``type``.
         """
+        check_key(key)
+        raw = await self._read(key)
+        if raw is None:
+            return default
+        return decode(key, raw[0], type)
 
-    @abstractmethod
     async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
         """The live entry under ``key`` with its timestamps, or ``None``."""
+        check_key(key)
+        raw = await self._read(key)
+        if raw is None:
+            return None
+        body, created, expires = raw
+        return StorageEntry(
+            key=key,
+            value=decode(key, body, type),
+            created_at=datetime.fromtimestamp(created, UTC),
+            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+        )
+
+    @abstractmethod
+    async def _read(self, key: str) -> RawEntry | None:
+        """The live entry under a checked ``key``, expired ones treated as absent.
+
+        The one read every backend provides; :meth:`get` and :meth:`get_entry` decode it.
+        """
 
     @abstractmethod
     async def exists(self, key: str) -> bool:

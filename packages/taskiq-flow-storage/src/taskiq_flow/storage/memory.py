@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from taskiq_flow.storage.base import (
     BaseStorageAdapter,
+    RawEntry,
     check_key,
     check_keys,
     check_pattern,
     check_ttl,
 )
 from taskiq_flow.storage.codec import decode, encode
-from taskiq_flow.storage.entry import StorageEntry
 from taskiq_flow.storage.errors import StorageConfigError
 from taskiq_flow.storage.glob import compile_glob
 
@@ -94,27 +93,8 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
         self._put(key, (blob, now, None if ttl is None else now + ttl))
         return True
 
-    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
-        check_key(key)
-        item = self._live(key, time.time())
-        if item is None:
-            return default
-        return decode(key, item[0], type)
-
-    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
-        """The live entry or ``None`` (see :meth:`BaseStorageAdapter.get_entry`)."""
-        check_key(key)
-        item = self._live(key, time.time())
-        if item is None:
-            return None
-        blob, created, expires = item
-        return StorageEntry(
-            key=key,
-            value=decode(key, blob, type),
-            created_at=datetime.fromtimestamp(created, UTC),
-            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
-        )
+    async def _read(self, key: str) -> RawEntry | None:
+        return self._live(key, time.time())
 
     async def exists(self, key: str) -> bool:
         """Whether a live entry exists."""

@@ -15,7 +15,6 @@ import asyncio
 import struct
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,13 +31,13 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
 
 from taskiq_flow.storage.base import (
     BaseStorageAdapter,
+    RawEntry,
     check_key,
     check_keys,
     check_pattern,
     check_ttl,
 )
 from taskiq_flow.storage.codec import decode, encode
-from taskiq_flow.storage.entry import StorageEntry
 from taskiq_flow.storage.errors import (
     InvalidStorageURLError,
     StorageConfigError,
@@ -293,7 +292,7 @@ class RedisStorageAdapter(BaseStorageAdapter):
             raise _mapped(self, "add", exc) from exc
         return bool(done)
 
-    async def _live(self, key: str) -> tuple[memoryview, float, float | None] | None:
+    async def _read(self, key: str) -> RawEntry | None:
         try:
             data = await self._client.get(self.key_prefix + key)
         except _DRIVER_ERRORS as exc:
@@ -305,28 +304,6 @@ class RedisStorageAdapter(BaseStorageAdapter):
         if expires is not None and time.time() >= expires:
             return None
         return body, created, expires
-
-    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
-        check_key(key)
-        found = await self._live(key)
-        if found is None:
-            return default
-        return decode(key, found[0], type)
-
-    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
-        """The live entry or ``None``: one ``GET``, timestamps from the stored header."""
-        check_key(key)
-        found = await self._live(key)
-        if found is None:
-            return None
-        body, created, expires = found
-        return StorageEntry(
-            key=key,
-            value=decode(key, body, type),
-            created_at=datetime.fromtimestamp(created, UTC),
-            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
-        )
 
     async def exists(self, key: str) -> bool:
         """Whether a live entry exists: reads only the header (``GETRANGE``)."""

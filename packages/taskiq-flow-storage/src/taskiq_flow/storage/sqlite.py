@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -24,13 +23,13 @@ import aiosqlite
 
 from taskiq_flow.storage.base import (
     BaseStorageAdapter,
+    RawEntry,
     check_key,
     check_keys,
     check_pattern,
     check_ttl,
 )
 from taskiq_flow.storage.codec import decode, encode
-from taskiq_flow.storage.entry import StorageEntry
 from taskiq_flow.storage.errors import (
     InvalidStorageURLError,
     StorageConnectionError,
@@ -272,7 +271,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                 )
                 return bool(cursor.rowcount == 1)
 
-    async def _row(self, key: str) -> tuple[bytes, float, float | None] | None:
+    async def _read(self, key: str) -> RawEntry | None:
         async with self._lock:
             conn = self._conn or await self._connect()
             with _MapErrors("get"):
@@ -288,28 +287,6 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         if not isinstance(blob, bytes):
             raise StorageCorruptError(key, f"stored value is {type(blob).__name__}, not bytes")
         return blob, created, expires
-
-    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """The value, or ``default`` (see :meth:`BaseStorageAdapter.get`)."""
-        check_key(key)
-        row = await self._row(key)
-        if row is None:
-            return default
-        return decode(key, row[0], type)
-
-    async def get_entry(self, key: str, *, type: Any = None) -> StorageEntry | None:
-        """The live entry or ``None`` (see :meth:`BaseStorageAdapter.get_entry`)."""
-        check_key(key)
-        row = await self._row(key)
-        if row is None:
-            return None
-        blob, created, expires = row
-        return StorageEntry(
-            key=key,
-            value=decode(key, blob, type),
-            created_at=datetime.fromtimestamp(created, UTC),
-            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
-        )
 
     async def exists(self, key: str) -> bool:
         """Whether a live entry exists."""
