@@ -197,6 +197,9 @@ async def soak_workers(
             "worker RSS MiB at end": [round(r / 1024, 1) for r in end_rss],
             "peak worker RSS MiB": [round(r / 1024, 1) for r in peak_rss],
             "workers alive": all(w.alive for w in workers),
+            "worker processes started (2 = none restarted)": await client.scard(
+                f"fault:worker-pids:{queue}"
+            ),
         }
         if figures["records lost"]:
             failures.append(f"{figures['records lost']} records lost")
@@ -211,6 +214,8 @@ async def soak_workers(
         for k in range(len(workers)):
             if (end_rss[k] - warm_rss[k]) / 1024 > rss_growth_mb:
                 failures.append(f"worker {k} RSS grew {warm_rss[k]} -> {end_rss[k]} KiB")
+        if figures["worker processes started (2 = none restarted)"] != len(workers):
+            failures.append("a worker process died and was restarted")
         if not figures["workers alive"]:
             failures.append("a worker died")
         figures["failures"] = failures

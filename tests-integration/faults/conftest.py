@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from taskiq_flow_testing import WorkerProcess
 
@@ -33,6 +34,27 @@ class Cluster:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.log_paths if p.exists())
+
+    async def worker_pids(self) -> set[int]:
+        """Pids of every worker process that started on this cluster's queue.
+
+        More than one per worker means taskiq restarted a worker process that died.
+        """
+        # A fresh client: the server may have restarted since the last call.
+        client = aioredis.from_url(self.settings["FAULT_REDIS_URL"])
+        try:
+            members = await client.smembers(f"fault:worker-pids:{self.settings['FAULT_QUEUE']}")
+        finally:
+            await client.aclose()
+        return {int(pid) for pid in members}
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        """Until every worker process has started."""
+        deadline = time.monotonic() + timeout
+        while len(await self.worker_pids()) < len(self.workers):
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not start")
+            await asyncio.sleep(0.1)
 
     def worker_of(self, pid: int) -> WorkerProcess:
         """The worker whose process group holds ``pid``."""

@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ from taskiq_flow_testing import RedisServer
 from .conftest import StartCluster, wait_result
 
 JOBS = int(os.environ.get("TASKIQ_FLOW_FAULT_JOBS", "600"))
-CONCURRENCY = 24
+CONCURRENCY = 32
 RESTARTS = 2
 DOWNTIME = 1.0
 RESULT_TIMEOUT = 6.0
@@ -53,14 +54,21 @@ async def test_redis_restarted_under_load_loses_no_acknowledged_record(
     server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
     with server:
         cluster = await start_cluster(
-            server.url, FAULT_STORE_CACHE_HITS="1", FAULT_TASK_SLEEP="0.002"
+            # Executions take a while, so that many finish while the server is down:
+            # their records go through the retry buffer.
+            server.url,
+            FAULT_STORE_CACHE_HITS="1",
+            FAULT_TASK_SLEEP="0.2",
+            FAULT_ERROR_LOG_INTERVAL="0.5",
         )
+        await cluster.wait_ready()
         compute = cluster.app.tasks["compute"]
         acked: dict[str, dict[str, Any]] = {}
         hits = 0
         resent = 0
         send_errors = 0
         restarts: list[float] = []
+        outages: list[tuple[float, float]] = []  # wall clock: surely down in between
         started = time.monotonic()
 
         async def job(j: int) -> None:
@@ -92,7 +100,9 @@ async def test_redis_restarted_under_load_loses_no_acknowledged_record(
                     await asyncio.sleep(0.02)
                 await asyncio.to_thread(server.kill)
                 t0 = time.monotonic()
+                down_from = time.time()
                 await asyncio.sleep(DOWNTIME)
+                outages.append((down_from, time.time()))
                 await asyncio.to_thread(server.start)
                 restarts.append(time.monotonic() - t0)
 
@@ -119,7 +129,14 @@ async def test_redis_restarted_under_load_loses_no_acknowledged_record(
                 break
             await asyncio.sleep(0.2)
         assert all(w.alive for w in cluster.workers), cluster.logs()[-3000:]
+        pids = await cluster.worker_pids()
         logs = cluster.logs()
+        # Acknowledged tasks whose record was built while the server was down: their
+        # first write failed, so they reached Redis through the worker's retry buffer.
+        through_buffer = 0
+        for record in records.values():
+            finished = datetime.fromisoformat(record["finished_at"]).timestamp()
+            through_buffer += any(start < finished < end for start, end in outages)
         figures = {
             "jobs": JOBS,
             "tasks acknowledged": len(acked),
@@ -130,11 +147,17 @@ async def test_redis_restarted_under_load_loses_no_acknowledged_record(
             "kiq failures while down, re-sent": send_errors,
             "storage write-failure reports in worker logs": logs.count("storage write failed"),
             "buffer flushed after outage (log lines)": logs.count("storage is back"),
+            "acknowledged records written through the retry buffer": through_buffer,
+            "worker processes restarted": len(pids) - len(cluster.workers),
             "records lost": len(missing),
             "run time (s)": round(run_time, 1),
         }
         print("\nFIGURES redis restart:", json.dumps(figures))
         assert len(restarts) == RESTARTS
+        # Not one worker process died (and so no retry buffer was lost with one).
+        assert len(pids) == len(cluster.workers), figures
+        # The test exercised the buffer (else it would prove little about it).
+        assert through_buffer > 0, figures
         assert not missing, f"{len(missing)} acknowledged records lost: {sorted(missing)[:5]}"
         for key, tid in keys.items():
             record = records[key]
