@@ -418,3 +418,82 @@ def test_constructor_rejects_bad_arguments() -> None:
         CacheMiddleware(cache="redis://localhost")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="default_ttl"):
         CacheMiddleware(default_ttl=-1)
+
+
+class DependencyFailed(Exception):
+    pass
+
+
+_dependency_calls = 0
+
+
+def flaky_dependency() -> int:
+    global _dependency_calls  # noqa: PLW0603 - a per-test counter, reset by the test
+    _dependency_calls += 1
+    if _dependency_calls == 1:
+        raise DependencyFailed
+    return 0
+
+
+async def test_unused_decision_never_reaches_another_call() -> None:
+    # await_inplace runs pre_execute in the caller's context; when the function is never
+    # called (its dependency raised), the decision must not be used by a later direct call.
+    global _dependency_calls  # noqa: PLW0603
+    _dependency_calls = 0
+    broker = InMemoryBroker(await_inplace=True)
+    broker.add_middlewares(CacheMiddleware(InMemoryCacheAdapter()))
+
+    @broker.task
+    async def square(x: int, d: Annotated[int, TaskiqDepends(flaky_dependency)]) -> int:
+        return x * x
+
+    await broker.startup()
+    try:
+        res = await (await square.kiq(3)).wait_result(timeout=5)
+        assert isinstance(res.error, DependencyFailed)
+        assert await square(5, 0) == 25  # a direct call: must not fill the key of square(3)
+        res = await (await square.kiq(3)).wait_result(timeout=5)
+        assert res.return_value == 9
+        assert "cache_hit" not in res.labels
+    finally:
+        await broker.shutdown()
+
+
+async def test_waiters_outlasting_max_wait_keep_waiting_instead_of_running() -> None:
+    cache = InMemoryCacheAdapter(max_wait=0.3)  # far shorter than the task
+    broker = InMemoryBroker()
+    middleware = CacheMiddleware(cache)
+    broker.add_middlewares(middleware)
+    runs = 0
+
+    @broker.task
+    async def slow(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(1.0)
+        return x
+
+    await broker.startup()
+    try:
+        sent = await asyncio.gather(*(slow.kiq(1) for _ in range(5)))
+        results = await asyncio.gather(*(t.wait_result(timeout=10) for t in sent))
+    finally:
+        await broker.shutdown()
+    assert [r.return_value for r in results] == [1] * 5
+    assert runs == 1
+    assert middleware.get_stats()["middleware"]["lock_timeouts"] >= 4
+
+
+async def test_absurd_ttl_label_falls_back_to_default(stack, caplog) -> None:
+    @stack.broker.task
+    async def task(x: int) -> int:
+        stack.runs["t"] += 1
+        return x
+
+    with caplog.at_level(logging.WARNING, logger="taskiq_flow.middlewares"):
+        for _ in range(2):
+            sent = await task.kiq(1, labels={"cache_ttl": str(10**20)})
+            res = await sent.wait_result(timeout=5)
+            assert res.return_value == 1
+    assert stack.runs["t"] == 1
+    assert "cache_ttl" in caplog.text

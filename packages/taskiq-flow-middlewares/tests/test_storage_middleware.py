@@ -206,3 +206,83 @@ def test_constructor_rejects_bad_arguments() -> None:
         StorageMiddleware(storage={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl_seconds"):
         StorageMiddleware(ttl_seconds=0)
+
+
+async def test_buffer_drains_at_once_when_storage_returns(redis_server) -> None:
+    # The backoff must apply to failed writes only: once the store answers, the whole
+    # buffer (several batches) is written without waiting out the grown delay again.
+    from taskiq_flow.storage import RedisStorageAdapter
+
+    storage = RedisStorageAdapter(redis_url=redis_server.url)
+    middleware = StorageMiddleware(
+        storage=storage, retry_interval=0.05, max_retry_interval=3.0, buffer_size=5000
+    )
+    broker = InMemoryBroker(await_inplace=True)
+    broker.add_middlewares(middleware)
+
+    @broker.task
+    async def task(x: int) -> int:
+        return x
+
+    await broker.startup()
+    try:
+        redis_server.kill()
+        for i in range(1600):  # more than three flush batches
+            await task.kiq(i)
+        await asyncio.sleep(1.0)  # let the backoff grow while the server is down
+        assert middleware.get_stats()["records_buffered"] == 1600
+        redis_server.start()
+        started = asyncio.get_running_loop().time()
+
+        async def drained() -> bool:
+            return middleware.get_stats()["records_buffered"] == 0
+
+        await _wait_for(drained, timeout=10)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < 3.5  # one pending delay at most, then every batch back to back
+        assert len(await storage.keys("task:*")) == 1600
+        assert middleware.get_stats()["records_dropped"] == 0
+    finally:
+        await broker.shutdown()
+        await storage.close()
+
+
+def test_worker_process_with_sqlite_storage_exits(tmp_path) -> None:
+    # An open aiosqlite connection runs a non-daemon thread: shutdown must close the
+    # store, or the interpreter waits for that thread forever.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio
+            from taskiq import InMemoryBroker
+            from taskiq_flow.middlewares import StorageMiddleware
+            from taskiq_flow.storage import SQLiteStorageAdapter
+
+            async def main():
+                broker = InMemoryBroker(await_inplace=True)
+                store = SQLiteStorageAdapter({str(tmp_path / "s.db")!r})
+                broker.add_middlewares(StorageMiddleware(store))
+
+                @broker.task
+                async def task() -> int:
+                    return 1
+
+                await broker.startup()
+                await task.kiq()
+                await broker.shutdown()
+                print("done", flush=True)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"

@@ -186,8 +186,7 @@ class _Binder:
             inspect.Parameter.KEYWORD_ONLY,
         }
         self.names = tuple(
-            name for name, p in params.items()
-            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            name for name, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         )
         self.defaults = {
             name: p.default
@@ -218,9 +217,7 @@ class _Binder:
         except TypeError:
             return [args, kwargs]
         bound.apply_defaults()
-        return {
-            name: value for name, value in bound.arguments.items() if name not in self.skip
-        }
+        return {name: value for name, value in bound.arguments.items() if name not in self.skip}
 
 
 @functools.lru_cache(maxsize=4096)

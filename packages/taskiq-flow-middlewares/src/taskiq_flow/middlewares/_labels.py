@@ -27,6 +27,9 @@ LABEL_PIPELINE_ID = "pipeline_id"
 OUR_LABELS = frozenset({LABEL_CACHE, LABEL_CACHE_TTL, LABEL_CACHE_ERRORS, LABEL_CACHE_KEY})
 """The labels CacheMiddleware reads: a message with none of them takes the defaults."""
 
+MAX_TTL = 10 * 365 * 24 * 3600
+"""Ten years: anything longer is a typo, and Redis rejects PX values past 2**63 ms."""
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -70,13 +73,14 @@ def parse_ttl(message: TaskiqMessage, default: int) -> int:
             ttl = int(str(raw).strip())
     except (TypeError, ValueError):
         ttl = -1
-    if ttl < 0:
+    if ttl < 0 or ttl > MAX_TTL:
         logger.warning(
-            "Task %s (%s): label %s=%r is not a whole number of seconds >= 0; using %s.",
+            "Task %s (%s): label %s=%r is not a whole number of seconds in 0..%d; using %s.",
             message.task_name,
             message.task_id,
             LABEL_CACHE_TTL,
             raw,
+            MAX_TTL,
             default,
         )
         return default

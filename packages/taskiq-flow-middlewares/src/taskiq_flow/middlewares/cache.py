@@ -27,10 +27,10 @@ import queue
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from taskiq import TaskiqMessage, TaskiqMiddleware
+from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.abc.broker import AsyncBroker
 
-from taskiq_flow.cache import BaseCacheAdapter, CacheError, InMemoryCacheAdapter
+from taskiq_flow.cache import BaseCacheAdapter, CacheError, CacheLockTimeout, InMemoryCacheAdapter
 from taskiq_flow.middlewares import _codec, _labels
 
 __all__ = ["CacheMiddleware"]
@@ -63,17 +63,25 @@ class _Call:
         self.loop = loop
         self.taken = False
 
-    def take(self, task_name: str) -> bool:
-        """Claim this decision for the one call of ``task_name`` it was made for.
+    def take(self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Claim this decision for the one call it was made for.
 
-        A direct (recursive) call of the same function from inside the task finds the
-        decision taken and runs uncached.
+        The receiver calls the function with the message's own argument objects; any
+        other call (a direct or recursive call, or one after a failed dependency left
+        this decision unused) runs uncached.
         """
-        if self.taken or self.message.task_name != task_name:
+        message = self.message
+        if self.taken or message.task_name != task_name or len(args) != len(message.args):
+            return False
+        if any(a is not b for a, b in zip(args, message.args, strict=True)):
+            return False
+        if any(kwargs.get(name, _MISSING) is not value for name, value in message.kwargs.items()):
             return False
         self.taken = True
         return True
 
+
+_MISSING = object()
 
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "taskiq_flow_cache_call",
@@ -131,6 +139,7 @@ class CacheMiddleware(TaskiqMiddleware):
             "uncacheable_args": 0,
             "uncacheable_results": 0,
             "cache_failures": 0,
+            "lock_timeouts": 0,
         }
         self._warned_tasks: set[str] = set()
 
@@ -173,6 +182,10 @@ class CacheMiddleware(TaskiqMiddleware):
             self._counters["bypassed"] += 1
         _CURRENT.set(decision)
         return message
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Drop this message's decision: it must never reach another call."""
+        _CURRENT.set(None)
 
     async def shutdown(self) -> None:
         """Close the cache adapter."""
@@ -261,12 +274,7 @@ class CacheMiddleware(TaskiqMiddleware):
                 raise _Uncacheable(value, str(exc)) from exc
 
         try:
-            payload = await self.cache.get_or_create(
-                call.key,
-                creator,
-                ttl_seconds=call.ttl,
-                fallback_on_error=True,
-            )
+            payload = await self._get_or_create(call, creator)
         except _Uncacheable as exc:
             self._counters["uncacheable_results"] += 1
             self._warn_once(
@@ -297,6 +305,23 @@ class CacheMiddleware(TaskiqMiddleware):
             return own[0]
         return await self._hit(call, payload, run)
 
+    async def _get_or_create(self, call: _Call, creator: Callable[[], Awaitable[bytes]]) -> Any:
+        while True:
+            try:
+                return await self.cache.get_or_create(
+                    call.key, creator, ttl_seconds=call.ttl, fallback_on_error=True
+                )
+            except CacheLockTimeout:
+                # Another worker is still creating this very result (its lease is being
+                # renewed, or we would have taken over): running it here too is exactly
+                # what the lock is for. Keep waiting; taskiq's timeout label bounds it.
+                self._counters["lock_timeouts"] += 1
+                logger.info(
+                    "Task %s still waits for another worker computing %s.",
+                    call.message.task_name,
+                    call.key,
+                )
+
     async def _hit(self, call: _Call, payload: Any, run: Callable[[], Awaitable[Any]]) -> Any:
         try:
             cached = _codec.decode_payload(payload)
@@ -321,7 +346,7 @@ def _make_wrapper(task_name: str, func: Callable[..., Any]) -> Callable[..., Any
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             call = _CURRENT.get()
-            if call is None or not call.take(task_name):
+            if call is None or not call.take(task_name, args, kwargs):
                 return await func(*args, **kwargs)
 
             async def run() -> Any:
@@ -335,7 +360,7 @@ def _make_wrapper(task_name: str, func: Callable[..., Any]) -> Callable[..., Any
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             call = _CURRENT.get()
-            if call is None or not call.take(task_name):
+            if call is None or not call.take(task_name, args, kwargs):
                 return func(*args, **kwargs)
             return _run_sync_call(call, func, args, kwargs)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, Stor
 __all__ = ["StorageMiddleware", "record_key"]
 
 logger = logging.getLogger("taskiq_flow.middlewares")
+
+_FLUSH_BATCH = 500
 
 
 def record_key(task_id: str, pipeline_id: str | None = None) -> str:
@@ -126,7 +129,12 @@ class StorageMiddleware(TaskiqMiddleware):
             logger.exception("StorageMiddleware could not record task %s", message.task_id)
 
     async def shutdown(self) -> None:
-        """Flush buffered records (bounded by ``shutdown_flush_timeout``)."""
+        """Flush buffered records (bounded by ``shutdown_flush_timeout``), then close the store.
+
+        Closing releases connections and threads (an open SQLite connection would keep
+        the worker process from exiting); every adapter reconnects on its next use, so
+        a store shared with code that runs later keeps working.
+        """
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
@@ -142,6 +150,10 @@ class StorageMiddleware(TaskiqMiddleware):
                 "StorageMiddleware shut down with %d record(s) not written: storage unreachable.",
                 len(self._buffer),
             )
+        try:
+            await self.storage.close()
+        except StorageError:
+            logger.warning("StorageMiddleware: closing the storage failed.", exc_info=True)
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -183,14 +195,23 @@ class StorageMiddleware(TaskiqMiddleware):
         delay = self.retry_interval
         while self._buffer:
             await asyncio.sleep(delay)
-            if await self._flush_once():
+            while self._buffer:
+                if not await self._flush_batch():
+                    # Back off only on a failed write; a healthy store drains at once.
+                    delay = min(delay * 2, self.max_retry_interval)
+                    break
+            else:
                 return
-            delay = min(delay * 2, self.max_retry_interval)
 
     async def _flush_once(self) -> bool:
-        if not self._buffer:
-            return True
-        batch = dict(list(self._buffer.items())[:500])
+        """Write the whole buffer, batch by batch; ``False`` at the first failed batch."""
+        while self._buffer:
+            if not await self._flush_batch():
+                return False
+        return True
+
+    async def _flush_batch(self) -> bool:
+        batch = dict(itertools.islice(self._buffer.items(), _FLUSH_BATCH))
         try:
             await self.storage.set_many(batch, ttl_seconds=self.ttl_seconds)
         except StorageError as exc:
@@ -205,7 +226,7 @@ class StorageMiddleware(TaskiqMiddleware):
         self._counters["records_retried"] += len(batch)
         if not self._buffer:
             logger.warning("StorageMiddleware: storage is back; buffered records written.")
-        return not self._buffer
+        return True
 
     def _log_failure(self, exc: BaseException) -> None:
         self._errors_since_log += 1
