@@ -289,8 +289,9 @@ def test_corrupt_values_in_sqlite(key: str, blob: Any, created: Any, expires: An
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bug (storage, sqlite.py _row/get_entry): a non-numeric or out-of-range created_at/"
-    "expires_at escapes as TypeError/ValueError/OverflowError/OSError, not StorageCorruptError",
+    reason="bug (storage): a non-numeric or out-of-range created_at/expires_at escapes as "
+    "TypeError (sqlite.py _read: now >= expires), ValueError/OverflowError/OSError (base.py "
+    "get_entry: datetime.fromtimestamp), not StorageCorruptError",
 )
 @SETTINGS
 @given(key=corrupt_keys, blob=blobs, created=columns, expires=st.none() | columns)
@@ -315,6 +316,26 @@ def _sqlite_case(key: str, blob: Any, created: Any, expires: Any) -> None:
         finally:
             conn.close()
         asyncio.run(_corrupt_sqlite(path, key, blob))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(ValueError, OverflowError, OSError),
+    reason="bug (storage, base.py get_entry): a header timestamp out of datetime's range "
+    "escapes from datetime.fromtimestamp instead of StorageCorruptError",
+)
+async def test_redis_header_timestamp_out_of_range(redis_url: str) -> None:
+    prefix = f"hostile:{uuid.uuid4().hex}:"
+    raw = aioredis.from_url(redis_url)
+    store = RedisStorageAdapter(redis_url=redis_url, key_prefix=prefix)
+    try:
+        await raw.set(prefix + "k", _HEADER.pack(1, 1e300, 0.0) + msgspec.msgpack.encode(1))
+        assert await store.get("k") == 1  # the value itself is fine
+        with pytest.raises(StorageCorruptError):
+            await store.get_entry("k")
+    finally:
+        await store.close()
+        await raw.aclose()
 
 
 async def _prepare_sqlite(path: Path) -> None:
