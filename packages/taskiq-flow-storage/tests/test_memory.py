@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from taskiq_flow.storage import InMemoryStorageAdapter, StorageConfigError
@@ -42,3 +44,16 @@ async def test_values_are_held_encoded() -> None:
     with pytest.raises(Exception, match="'k'") as info:
         await storage.get("k")
     assert type(info.value).__name__ == "StorageCorruptError"
+
+
+async def test_expired_entries_nobody_reads_do_not_accumulate() -> None:
+    # A worker writes records it never reads back: expired ones must go on later writes.
+    storage = InMemoryStorageAdapter()
+    for i in range(500):
+        await storage.set(f"old{i}", i, ttl_seconds=1)
+    await asyncio.sleep(1.05)
+    for i in range(10):
+        await storage.set(f"new{i}", i, ttl_seconds=60)
+    assert len(storage._data) == 10
+    assert len(storage._expiries) <= 2 * 10 + 64
+    assert await storage.cleanup() == 0

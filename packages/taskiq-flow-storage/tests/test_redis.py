@@ -193,3 +193,33 @@ async def test_more_concurrent_calls_than_connections_wait_for_one(redis_url: st
         assert values == list(range(300))
     with pytest.raises(ValueError, match="max_connections"):
         RedisStorageAdapter(redis_url, max_connections=0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:1/0",
+        "redis://user:hunter2@127.0.0.1:1/0",
+        "redis://hunter2@127.0.0.1:1/0",
+        "redis://127.0.0.1:1/0?password=hunter2",
+        "rediss://user:hunter2@127.0.0.1:1/0",
+    ],
+)
+async def test_password_never_in_repr_or_errors(url: str) -> None:
+    storage = RedisStorageAdapter(url, connect_timeout=0.2, retries=0)
+    try:
+        assert "hunter2" not in repr(storage)
+        with pytest.raises(StorageConnectionError) as info:
+            await storage.set("k", 1)
+        assert "hunter2" not in str(info.value)
+    finally:
+        await storage.close()
+
+
+def test_bad_url_error_hides_the_password() -> None:
+    with pytest.raises(InvalidStorageURLError) as info:
+        RedisStorageAdapter("redis://user:hunter2@127.0.0.1:notaport/0")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(InvalidStorageURLError) as info:
+        RedisStorageAdapter("http://127.0.0.1/0?password=hunter2")
+    assert "hunter2" not in str(info.value)

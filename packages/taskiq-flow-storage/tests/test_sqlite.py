@@ -204,3 +204,23 @@ async def test_many_connections_open_a_new_file_at_once(tmp_path: Path) -> None:
         finally:
             for adapter in adapters:
                 await adapter.close()
+
+
+def test_an_unclosed_adapter_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio\n"
+        "from taskiq_flow.storage import SQLiteStorageAdapter\n"
+        "async def main():\n"
+        f"    storage = SQLiteStorageAdapter({str(tmp_path / 'x.db')!r})\n"
+        "    await storage.set('k', 1)\n"
+        "asyncio.run(main())\n"
+        "print('exiting', flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "exiting"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -47,6 +48,9 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
             raise StorageConfigError(msg)
         self.max_entries = max_entries
         self._data: OrderedDict[str, _Item] = OrderedDict()
+        # (expires_at, key) of every write with a TTL: each write drops what has expired,
+        # so entries nobody reads again (a worker's records) do not pile up.
+        self._expiries: list[tuple[float, str]] = []
 
     def __repr__(self) -> str:
         return (
@@ -57,10 +61,26 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
     def _put(self, key: str, item: _Item) -> None:
         data = self._data
         data[key] = item
+        expires = item[2]
+        if expires is not None:
+            heapq.heappush(self._expiries, (expires, key))
+        self._sweep(item[1])
         if self.max_entries is not None:
             data.move_to_end(key)
             while len(data) > self.max_entries:
                 data.popitem(last=False)
+
+    def _sweep(self, now: float) -> None:
+        heap, data = self._expiries, self._data
+        while heap and heap[0][0] <= now:
+            expires, key = heapq.heappop(heap)
+            item = data.get(key)
+            if item is not None and item[2] == expires:
+                del data[key]
+        # Overwritten or deleted keys leave outdated pairs; rebuild before they dominate.
+        if len(heap) > 2 * len(data) + 64:
+            self._expiries = [(i[2], k) for k, i in data.items() if i[2] is not None]
+            heapq.heapify(self._expiries)
 
     def _live(self, key: str, now: float) -> _Item | None:
         item = self._data.get(key)

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 try:
     from redis import asyncio as aioredis
@@ -88,19 +88,19 @@ def _escape_glob(text: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
+    """``url`` with its secrets hidden: the userinfo and the query string become ``***``.
+
+    Both can carry a password (``redis://user:pw@h``, ``redis://pw@h``, ``?password=pw``);
+    the host, port and database are what a reader needs to find the server.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    head, sep, _query = url.partition("?")
+    scheme, slashes, rest = head.partition("://")
+    if not slashes:
         return "<unparsable URL>"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    _userinfo, at, hostpart = rest.rpartition("@")
+    return f"{scheme}://{'***@' if at else ''}{hostpart}{'?***' if sep else ''}"
 
 
 def _client_location(client: aioredis.Redis) -> str:

@@ -225,6 +225,12 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         if self._conn is not None:
             return self._conn
         conn = aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        # aiosqlite's thread is not a daemon: an adapter nobody closed would keep the
+        # interpreter from exiting. Every statement commits on its own (autocommit, WAL),
+        # so stopping that thread at exit loses nothing that was acknowledged.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None and not thread.is_alive():
+            thread.daemon = True
         with _MapErrors("connect"):
             try:
                 await conn
