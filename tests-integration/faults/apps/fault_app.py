@@ -27,6 +27,7 @@ is gone). ``ResilientListQueueBroker`` retries the pop instead; see docs/reliabi
 Tasks:
 
 - ``compute(x, salt)`` returns ``{"x": x, "sq": x * x, "salt": salt}``;
+- ``compute_at(x, salt)`` the same plus ``"at"``: the wall-clock time the execution ended;
 - ``hold(tag)`` counts its executions under ``fault:hold:runs:{tag}``; the first one
   announces itself (``fault:hold:holder:{tag}`` = its pid) and then sleeps for a minute
   while holding the cache lease, the later ones return at once.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +157,13 @@ def build(settings: dict[str, str]) -> App:
             await asyncio.sleep(task_sleep)
         return {"x": x, "sq": x * x, "salt": salt}
 
+    @broker.task(task_name="fault.compute_at")
+    async def compute_at(x: int, salt: str) -> dict[str, Any]:
+        # "at": when the execution ended; its record is built after that instant.
+        if task_sleep:
+            await asyncio.sleep(task_sleep)
+        return {"x": x, "sq": x * x, "salt": salt, "at": time.time()}
+
     @broker.task(task_name="fault.hold")
     async def hold(tag: str) -> str:
         runs = await client.incr(HOLD_RUNS.format(tag=tag))
@@ -178,7 +187,7 @@ def build(settings: dict[str, str]) -> App:
         storage_mw=storage_mw,
         storage=storage,
         client=client,
-        tasks={"compute": compute, "hold": hold},
+        tasks={"compute": compute, "compute_at": compute_at, "hold": hold},
     )
 
 
