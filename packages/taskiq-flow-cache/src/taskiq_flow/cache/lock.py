@@ -371,6 +371,9 @@ class DogpileLock:
             flight.set_result(value)
             return value
         finally:
+            # Cancelled before the flight settled (e.g. while asking for the lease):
+            # whoever joined it must start over, not wait out max_wait.
+            _settle(flight, _LeaderGone())
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
