@@ -273,6 +273,22 @@ def test_cache_stats(capsys: pytest.CaptureFixture[str], redis_url: str) -> None
     assert data["backend"].startswith("redis")
     assert data["reachable"] is True
     assert data["stats"]["scope"] == "process"
+    assert (data["stats"]["entries"], data["stats"]["leases"]) == (0, 0)
+    assert "counted on the server" in data["note"]
+
+    async def fill() -> None:
+        from taskiq_flow.cache import RedisCacheAdapter
+
+        cache = RedisCacheAdapter(redis_url)
+        try:
+            for i in range(3):
+                await cache.set(f"k{i}", i)
+        finally:
+            await cache.close()
+
+    asyncio.run(fill())
+    code, data, _ = run_json(capsys, "cache", "stats", "--cache-redis-url", redis_url)
+    assert (code, data["stats"]["entries"]) == (EXIT_OK, 3)
     code, out, err = run(capsys, "cache", "stats")
     assert code == EXIT_OK
     assert "hit_rate" in out

@@ -266,6 +266,28 @@ class RedisCacheAdapter(BaseCacheAdapter):
             raise _map_error("delete", exc) from exc
         return bool(removed)
 
+    async def inventory(self) -> dict[str, int]:
+        """What the server holds under this prefix, for every process: entries and leases.
+
+        Hit and miss counters (:meth:`get_stats`) are per process; these counts are the
+        cluster-wide view (``SCAN``, never ``KEYS``).
+        """
+        counts = {"entries": 0, "leases": 0}
+        try:
+            async with self._slots:
+                for name, prefix in (
+                    ("entries", self._value_prefix),
+                    ("leases", self._lock_prefix),
+                ):
+                    async for _ in self._client.scan_iter(
+                        match=_glob_escape(prefix) + "*", count=500
+                    ):
+                        counts[name] += 1
+        except RedisError as exc:
+            self._stats.backend_errors += 1
+            raise _map_error("inventory", exc) from exc
+        return counts
+
     async def clear(self) -> int:
         """Remove every value under this adapter's prefix (``SCAN``, never ``KEYS``).
 

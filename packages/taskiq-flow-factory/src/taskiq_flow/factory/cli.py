@@ -547,6 +547,9 @@ async def _cmd_cache(args: argparse.Namespace, config: TaskiqFlowConfig, out: Te
         # One read proves the backend answers (a CacheConnectionError exits 3); taken
         # after the snapshot so that the probe's own miss is not in the figures.
         await cache.get("taskiq-flow-cli:reachability-probe")
+        inventory = getattr(cache, "inventory", None)
+        if inventory is not None:
+            stats.update(await inventory())
     finally:
         await cache.close()
     note = ""
@@ -555,6 +558,11 @@ async def _cmd_cache(args: argparse.Namespace, config: TaskiqFlowConfig, out: Te
             "the in-memory cache lives inside each worker process, so this command sees "
             "only its own, empty one; set TASKIQ_FLOW_CACHE_REDIS_URL to read a shared "
             "Redis cache"
+        )
+    else:
+        note = (
+            "entries and leases are counted on the server; hits and misses are counted "
+            "inside each worker process (CacheMiddleware.get_stats()), so they read 0 here"
         )
     if getattr(args, "json", False):
         _print_json(
