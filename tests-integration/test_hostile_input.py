@@ -287,12 +287,6 @@ def test_corrupt_values_in_sqlite(key: str, blob: Any, created: Any, expires: An
     _sqlite_case(key, blob, created, expires)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (storage): a non-numeric or out-of-range created_at/expires_at escapes as "
-    "TypeError (sqlite.py _read: now >= expires), ValueError/OverflowError/OSError (base.py "
-    "get_entry: datetime.fromtimestamp), not StorageCorruptError",
-)
 @SETTINGS
 @given(key=corrupt_keys, blob=blobs, created=columns, expires=st.none() | columns)
 def test_corrupt_timestamps_in_sqlite(key: str, blob: Any, created: Any, expires: Any) -> None:
@@ -318,12 +312,6 @@ def _sqlite_case(key: str, blob: Any, created: Any, expires: Any) -> None:
         asyncio.run(_corrupt_sqlite(path, key, blob))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, OverflowError, OSError),
-    reason="bug (storage, base.py get_entry): a header timestamp out of datetime's range "
-    "escapes from datetime.fromtimestamp instead of StorageCorruptError",
-)
 async def test_redis_header_timestamp_out_of_range(redis_url: str) -> None:
     prefix = f"hostile:{uuid.uuid4().hex}:"
     raw = aioredis.from_url(redis_url)

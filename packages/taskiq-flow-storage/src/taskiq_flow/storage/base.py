@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Self
 
 from taskiq_flow.storage.codec import decode
 from taskiq_flow.storage.entry import StorageEntry
-from taskiq_flow.storage.errors import InvalidKeyError, InvalidTTLError
+from taskiq_flow.storage.errors import InvalidKeyError, InvalidTTLError, StorageCorruptError
 
 RawEntry = tuple[bytes | memoryview, float, float | None]
 """A live entry as a backend holds it: encoded value, created and expiry epoch seconds."""
@@ -21,8 +21,30 @@ __all__ = [
     "check_key",
     "check_keys",
     "check_pattern",
+    "check_timestamp",
     "check_ttl",
 ]
+
+
+_LAST_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z, the last one datetime can hold
+
+
+def check_timestamp(key: str, name: str, value: object) -> float:
+    """``value`` as epoch seconds, or :class:`StorageCorruptError` naming ``key``.
+
+    Stored times come back from a file or a server someone else may have written to.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= _LAST_TIMESTAMP  # NaN fails this too
+    ):
+        raise StorageCorruptError(key, f"{name} is {value!r}, not a timestamp")
+    return float(value)
+
+
+def _datetime(key: str, name: str, value: object) -> datetime:
+    return datetime.fromtimestamp(check_timestamp(key, name, value), UTC)
 
 
 def check_key(key: object) -> str:
@@ -167,8 +189,8 @@ class BaseStorageAdapter(ABC):
         return StorageEntry(
             key=key,
             value=decode(key, body, type),
-            created_at=datetime.fromtimestamp(created, UTC),
-            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+            created_at=_datetime(key, "created_at", created),
+            expires_at=None if expires is None else _datetime(key, "expires_at", expires),
         )
 
     @abstractmethod

@@ -27,6 +27,7 @@ from taskiq_flow.storage.base import (
     check_key,
     check_keys,
     check_pattern,
+    check_timestamp,
     check_ttl,
 )
 from taskiq_flow.storage.codec import decode, encode
@@ -163,6 +164,13 @@ class _MapErrors:
             raise StorageError(msg) from exc
 
 
+def _live_at(expires: object, now: float) -> bool:
+    """Whether a deleted row was live; a corrupt expiry counts as not (it is gone now)."""
+    if expires is None:
+        return True
+    return isinstance(expires, int | float) and not isinstance(expires, bool) and now < expires
+
+
 async def _enable_wal(conn: aiosqlite.Connection) -> None:
     """Switch the file to WAL, waiting out other connections doing the same.
 
@@ -285,6 +293,8 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                 if not rows:
                     return None
                 blob, created, expires = rows[0]
+                if expires is not None:
+                    expires = check_timestamp(key, "expires_at", expires)
                 now = time.time()
                 if expires is not None and now >= expires:
                     # Lazy expiry; the condition spares a fresh value another process wrote.
@@ -310,7 +320,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             with _MapErrors("delete"):
                 rows = list(await conn.execute_fetchall(_DELETE, (key,)))
         now = time.time()
-        return any(expires is None or now < expires for (expires,) in rows)
+        return any(_live_at(expires, now) for (expires,) in rows)
 
     def _key_query(self, pattern: str) -> tuple[str, list[Any]]:
         """WHERE clause and parameters selecting live keys that match ``pattern``."""
@@ -439,7 +449,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                             + ") RETURNING expires_at"
                         )
                         rows = await conn.execute_fetchall(sql, chunk)
-                        removed += sum(1 for (exp,) in rows if exp is None or now < exp)
+                        removed += sum(1 for (exp,) in rows if _live_at(exp, now))
                     await conn.execute("COMMIT")
                 except BaseException:
                     await _rollback(conn)
