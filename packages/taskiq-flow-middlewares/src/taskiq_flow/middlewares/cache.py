@@ -71,12 +71,17 @@ class _Call:
         this decision unused) runs uncached.
         """
         message = self.message
-        if self.taken or message.task_name != task_name or len(args) != len(message.args):
+        if self.taken or message.task_name != task_name:
             return False
-        if any(a is not b for a, b in zip(args, message.args, strict=True)):
+        wire_args = message.args
+        if len(args) != len(wire_args):
             return False
-        if any(kwargs.get(name, _MISSING) is not value for name, value in message.kwargs.items()):
-            return False
+        for given, sent in zip(args, wire_args, strict=True):
+            if given is not sent:
+                return False
+        for name, sent in message.kwargs.items():
+            if kwargs.get(name, _MISSING) is not sent:
+                return False
         self.taken = True
         return True
 
