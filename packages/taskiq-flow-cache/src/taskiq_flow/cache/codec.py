@@ -30,10 +30,6 @@ class CacheEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
     soft_expiry: float | None
     value: Any
 
-    def is_stale(self, now: float) -> bool:
-        """Whether the soft expiry has passed at wall-clock time ``now``."""
-        return self.soft_expiry is not None and now >= self.soft_expiry
-
 
 # Module-level and reused: msgspec's own advice, and the hit path decodes on every call.
 _encoder = msgspec.msgpack.Encoder()

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.kicker import AsyncKicker
 
+from taskiq_flow.middlewares._labels import LABEL_PIPELINE_ID
 from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
 from taskiq_flow.middlewares.pipeline.state import (
     Advance,
@@ -46,7 +47,6 @@ __all__ = ["LABEL_PIPELINE_ID", "LABEL_PIPELINE_NODE", "PipelineMiddleware"]
 
 logger = logging.getLogger("taskiq_flow.pipeline")
 
-LABEL_PIPELINE_ID = "pipeline_id"
 LABEL_PIPELINE_NODE = "pipeline_node"
 
 
