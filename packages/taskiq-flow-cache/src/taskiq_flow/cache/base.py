@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, Self
 
+from taskiq_flow.cache.codec import decode_entry
 from taskiq_flow.cache.errors import CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
 from taskiq_flow.cache.stats import CacheStats
@@ -89,9 +90,18 @@ class BaseCacheAdapter(ABC):
 
     # -- storage ---------------------------------------------------------------------------
 
-    @abstractmethod
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value under ``key`` (stale or not), or ``default``. One backend read."""
+        check_key(key)
+        payload = await self._read_raw(key)
+        if payload is not None:
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                self._stats.hits += 1
+                return entry.value
+            self._stats.corrupt_entries += 1
+        self._stats.misses += 1
+        return default
 
     @abstractmethod
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:

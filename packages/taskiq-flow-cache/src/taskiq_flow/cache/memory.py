@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 from taskiq_flow.cache.base import BaseCacheAdapter, check_key, check_ttl
-from taskiq_flow.cache.codec import decode_entry, encode_entry
+from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheValueError
 from taskiq_flow.cache.lock import LeaseResult
 
@@ -102,19 +102,6 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         if len(heap) > 2 * len(entries) + 64:
             self._expiries = [(exp, k) for k, (_, exp) in entries.items() if exp is not None]
             heapq.heapify(self._expiries)
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        """Return the value under ``key`` (stale or not), or ``default``."""
-        check_key(key)
-        payload = self._lookup(key)
-        if payload is not None:
-            entry = decode_entry(key, payload)
-            if entry is not None:
-                self._stats.hits += 1
-                return entry.value
-            self._stats.corrupt_entries += 1
-        self._stats.misses += 1
-        return default
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""

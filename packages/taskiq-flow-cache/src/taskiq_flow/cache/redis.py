@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError(msg) from exc
 
 from taskiq_flow.cache.base import BaseCacheAdapter, check_key, check_seconds, check_ttl
-from taskiq_flow.cache.codec import decode_entry, encode_entry
+from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import (
     CacheBackendError,
     CacheConnectionError,
@@ -227,19 +227,6 @@ class RedisCacheAdapter(BaseCacheAdapter):
         return self._client
 
     # -- storage ---------------------------------------------------------------------------
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        """Return the value under ``key`` (stale or not), or ``default``. One ``GET``."""
-        check_key(key)
-        payload = await self._read_raw(key)
-        if payload is not None:
-            entry = decode_entry(key, payload)
-            if entry is not None:
-                self._stats.hits += 1
-                return entry.value
-            self._stats.corrupt_entries += 1
-        self._stats.misses += 1
-        return default
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
