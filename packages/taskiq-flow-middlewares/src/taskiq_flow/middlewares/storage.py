@@ -32,6 +32,23 @@ logger = logging.getLogger("taskiq_flow.middlewares")
 _FLUSH_BATCH = 500
 
 
+def check_storage_arguments(storage: object, ttl_seconds: object) -> None:
+    """The constructor checks shared by StorageMiddleware and PipelineMiddleware.
+
+    Raises:
+        TypeError: ``storage`` is neither ``None`` nor a ``BaseStorageAdapter``.
+        ValueError: ``ttl_seconds`` is neither ``None`` nor a whole number > 0.
+    """
+    if storage is not None and not isinstance(storage, BaseStorageAdapter):
+        msg = f"storage must be a BaseStorageAdapter, got {type(storage).__qualname__}"
+        raise TypeError(msg)
+    if ttl_seconds is not None and (
+        isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
+    ):
+        msg = f"ttl_seconds must be a whole number of seconds > 0 or None, got {ttl_seconds!r}"
+        raise ValueError(msg)
+
+
 def record_key(task_id: str, pipeline_id: str | None = None) -> str:
     """The storage key of a task's record: ``pipeline:{pid}:task:{tid}`` or ``task:{tid}``."""
     if pipeline_id:
@@ -71,14 +88,7 @@ class StorageMiddleware(TaskiqMiddleware):
         shutdown_flush_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        if storage is not None and not isinstance(storage, BaseStorageAdapter):
-            msg = f"storage must be a BaseStorageAdapter, got {type(storage).__qualname__}"
-            raise TypeError(msg)
-        if ttl_seconds is not None and (
-            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
-        ):
-            msg = f"ttl_seconds must be a whole number of seconds > 0 or None, got {ttl_seconds!r}"
-            raise ValueError(msg)
+        check_storage_arguments(storage, ttl_seconds)
         if buffer_size < 1:
             msg = f"buffer_size must be >= 1, got {buffer_size!r}"
             raise ValueError(msg)

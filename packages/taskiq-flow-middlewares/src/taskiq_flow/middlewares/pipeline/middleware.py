@@ -34,7 +34,7 @@ from taskiq_flow.middlewares.pipeline.state import (
     advance,
     failure_record,
 )
-from taskiq_flow.middlewares.storage import StorageMiddleware
+from taskiq_flow.middlewares.storage import StorageMiddleware, check_storage_arguments
 from taskiq_flow.storage import (
     BaseStorageAdapter,
     InMemoryStorageAdapter,
@@ -106,14 +106,7 @@ class PipelineMiddleware(TaskiqMiddleware):
         spec_cache_size: int = 1024,
     ) -> None:
         super().__init__()
-        if storage is not None and not isinstance(storage, BaseStorageAdapter):
-            msg = f"storage must be a BaseStorageAdapter, got {type(storage).__qualname__}"
-            raise TypeError(msg)
-        if ttl_seconds is not None and (
-            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
-        ):
-            msg = f"ttl_seconds must be a whole number of seconds > 0 or None, got {ttl_seconds!r}"
-            raise ValueError(msg)
+        check_storage_arguments(storage, ttl_seconds)
         self.ttl_seconds = ttl_seconds
         self._storage = storage
         self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
