@@ -164,7 +164,7 @@ def _is_dependency(parameter: inspect.Parameter) -> bool:
 class _Binder:
     """A task signature, prepared once, that turns a call into its canonical arguments."""
 
-    __slots__ = ("defaults", "names", "signature", "simple", "skip")
+    __slots__ = ("defaults", "names", "plain", "signature", "simple", "skip")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         try:
@@ -175,6 +175,7 @@ class _Binder:
             self.defaults: dict[str, Any] = {}
             self.skip: frozenset[str] = frozenset()
             self.simple = False
+            self.plain = False
             return
         params = self.signature.parameters
         self.skip = frozenset(name for name, p in params.items() if _is_dependency(p))
@@ -193,10 +194,15 @@ class _Binder:
             for name, p in params.items()
             if p.default is not inspect.Parameter.empty and name not in self.skip
         }
+        # Every parameter positional-or-keyword, none injected: a call giving all of them
+        # positionally (the usual message) binds with one zip.
+        self.plain = self.simple and not self.skip and len(self.names) == len(params)
 
     def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.signature is None:
             return [args, kwargs]
+        if self.plain and not kwargs and len(args) == len(self.names):
+            return dict(zip(self.names, args, strict=True))
         if self.simple and len(args) <= len(self.names):
             bound = dict(zip(self.names, args, strict=False))
             for name, value in kwargs.items():
