@@ -34,7 +34,7 @@ from typing import Any
 import aiosqlite
 import redis.asyncio as aioredis
 
-from taskiq_flow.storage import InMemoryStorageAdapter, SQLiteStorageAdapter
+from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, SQLiteStorageAdapter
 from taskiq_flow.storage.redis import RedisStorageAdapter
 
 TTL = 3600
@@ -73,6 +73,28 @@ class Row:
 
 
 Round = Callable[[], Awaitable[None]]
+
+
+def batch_rounds_for(
+    adapter: BaseStorageAdapter, batch: dict[str, Any]
+) -> tuple[Round, Round, Round, Round]:
+    """The batched calls and their per-key loops over ``batch``, for any backend."""
+
+    async def set_many() -> None:
+        await adapter.set_many(batch, ttl_seconds=TTL)
+
+    async def set_loop() -> None:
+        for key, value in batch.items():
+            await adapter.set(key, value, ttl_seconds=TTL)
+
+    async def get_many() -> None:
+        await adapter.get_many(batch)
+
+    async def get_loop() -> None:
+        for key in batch:
+            await adapter.get(key)
+
+    return set_many, set_loop, get_many, get_loop
 
 
 async def compare(rounds: int, measured: Round, baseline: Round, ops: int) -> tuple[float, float]:
@@ -139,19 +161,7 @@ async def bench_redis(url: str, n: int, rounds: int) -> list[Row]:
         ]  # fmt: skip
         batch = {f"b{i}": RECORD for i in range(100)}
 
-        async def a_set_many() -> None:
-            await adapter.set_many(batch, ttl_seconds=TTL)
-
-        async def a_set_loop() -> None:
-            for key, value in batch.items():
-                await adapter.set(key, value, ttl_seconds=TTL)
-
-        async def a_get_many() -> None:
-            await adapter.get_many(batch)
-
-        async def a_get_loop() -> None:
-            for key in batch:
-                await adapter.get(key)
+        a_set_many, a_set_loop, a_get_many, a_get_loop = batch_rounds_for(adapter, batch)
 
         async def r_pipeline() -> None:
             async with raw.pipeline(transaction=True) as pipe:
@@ -212,19 +222,7 @@ async def bench_sqlite(directory: Path, n: int, rounds: int) -> list[Row]:
         ]  # fmt: skip
         batch = {f"b{i}": RECORD for i in range(1000)}
 
-        async def a_set_many() -> None:
-            await adapter.set_many(batch, ttl_seconds=TTL)
-
-        async def a_set_loop() -> None:
-            for key, value in batch.items():
-                await adapter.set(key, value, ttl_seconds=TTL)
-
-        async def a_get_many() -> None:
-            await adapter.get_many(batch)
-
-        async def a_get_loop() -> None:
-            for key in batch:
-                await adapter.get(key)
+        a_set_many, a_set_loop, a_get_many, a_get_loop = batch_rounds_for(adapter, batch)
 
         batch_rounds = max(3, rounds // 4)
         rows += [
@@ -243,19 +241,7 @@ async def bench_memory(rounds: int) -> list[Row]:
     adapter = InMemoryStorageAdapter()
     batch = {f"b{i}": RECORD for i in range(1000)}
 
-    async def a_set_many() -> None:
-        await adapter.set_many(batch, ttl_seconds=TTL)
-
-    async def a_set_loop() -> None:
-        for key, value in batch.items():
-            await adapter.set(key, value, ttl_seconds=TTL)
-
-    async def a_get_many() -> None:
-        await adapter.get_many(batch)
-
-    async def a_get_loop() -> None:
-        for key in batch:
-            await adapter.get(key)
+    a_set_many, a_set_loop, a_get_many, a_get_loop = batch_rounds_for(adapter, batch)
 
     return [
         row("memory", "set_many(1000)", "adapter.set_many", "adapter.set loop",
