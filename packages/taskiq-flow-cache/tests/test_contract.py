@@ -30,7 +30,7 @@ CacheFactory = Callable[..., BaseCacheAdapter]
 async def write_raw(cache: BaseCacheAdapter, key: str, payload: bytes) -> None:
     """Put raw (possibly corrupt) bytes under ``key``, bypassing the codec."""
     if isinstance(cache, InMemoryCacheAdapter):
-        cache._store(key, payload, None)
+        cache._store_now(key, payload, None)
     else:
         await cache.client.set(cache.key_prefix + "v:" + key, payload)  # type: ignore[attr-defined]
 

@@ -201,6 +201,16 @@ class BaseCacheAdapter(ABC):
     def _poll_interval(self) -> float:
         return 0.1
 
+    @property
+    def _in_process(self) -> bool:
+        return False
+
+    def _read_now(self, key: str) -> bytes | None:
+        raise NotImplementedError  # only backends whose _in_process is True provide it
+
+    def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
+        raise NotImplementedError  # only backends whose _in_process is True provide it
+
     @abstractmethod
     async def _read_raw(self, key: str) -> bytes | None: ...
 

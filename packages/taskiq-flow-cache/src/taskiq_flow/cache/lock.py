@@ -40,6 +40,8 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import Any, NamedTuple, Protocol
 
 from taskiq_flow.cache.codec import decode_entry, encode_entry
@@ -77,6 +79,22 @@ class LockBackend(Protocol):
     @property
     def _lease_seconds(self) -> float | None:
         """Lease period; ``None`` when there is no cross-process lease (in-memory)."""
+
+    @property
+    def _in_process(self) -> bool:
+        """Whether the entries live in this process, read and written without suspending.
+
+        Then nothing can change between a miss being read and the flight being
+        registered, so the single flight alone elects the creator: the lease round trip
+        (which would only re-read what was just read) is skipped, and the lock uses
+        :meth:`_read_now` and :meth:`_store_now` instead of their coroutine forms.
+        """
+
+    def _read_now(self, key: str) -> bytes | None:
+        """:meth:`_read_raw` without a coroutine (only called when ``_in_process``)."""
+
+    def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
+        """Store ``payload`` without a coroutine (only called when ``_in_process``)."""
 
     @property
     def _poll_interval(self) -> float:
@@ -131,6 +149,18 @@ async def call_creator(creator: Creator) -> Any:
     return result
 
 
+# Immutable values msgpack gives back equal and of the same type: no copy needed.
+_SAME_WHEN_DECODED = frozenset({bytes, str, int, float, bool, type(None)})
+
+
+def _is_async_function(func: object) -> bool:
+    """A cheap ``inspect.iscoroutinefunction`` for the usual case (a plain ``async def``).
+
+    Anything else (partials, methods, callables) is left to :func:`call_creator`.
+    """
+    return type(func) is FunctionType and bool(func.__code__.co_flags & CO_COROUTINE)
+
+
 class DogpileLock:
     """The get-or-create algorithm over a :class:`LockBackend` (see the module docstring).
 
@@ -146,6 +176,7 @@ class DogpileLock:
         self._stats = stats
         self.max_wait = max_wait
         self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._alone = bool(backend._in_process)
 
     async def get_or_create(
         self,
@@ -157,12 +188,17 @@ class DogpileLock:
     ) -> Any:
         """Return the cached value for ``key``, creating it once if needed (validated args)."""
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
-        try:
-            payload = await self._backend._read_raw(key)
-        except _BACKEND_ERRORS:
-            if not fallback_on_error:
-                raise
-            return await self._uncached(_Request(key, creator, ttl_seconds, stale_ttl, True))
+        if self._alone:
+            payload = self._backend._read_now(key)
+        else:
+            try:
+                payload = await self._backend._read_raw(key)
+            except _BACKEND_ERRORS:
+                if not fallback_on_error:
+                    raise
+                return await self._uncached(
+                    _Request(key, creator, ttl_seconds, stale_ttl, True)
+                )
         stats = self._stats
         if payload is not None:
             entry = decode_entry(key, payload)
@@ -178,24 +214,80 @@ class DogpileLock:
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
+        if payload is None and self._alone and key not in self._flights:
+            return await self._create_alone(key, creator, ttl_seconds, stale_ttl)
         return await self._miss(
             _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
             seen=payload,
         )
 
+    async def _create_alone(
+        self, key: str, creator: Creator, ttl_seconds: int | None, stale_ttl: int | None
+    ) -> Any:
+        """A miss on an in-process backend that nobody here is filling yet.
+
+        Nothing awaited since the read that missed, so the flight registered now makes
+        this caller the only creator there can be (see ``LockBackend._in_process``): no
+        lease, no heartbeat, no re-read. This is :meth:`_miss` plus :meth:`_create` for
+        that case, flattened because every miss of an in-memory cache comes this way.
+        """
+        flights = self._flights
+        flight = asyncio.get_running_loop().create_future()
+        flights[key] = flight
+        try:
+            try:
+                if _is_async_function(creator):
+                    value = await creator()
+                else:
+                    value = await call_creator(creator)
+                soft_expiry = None
+                if stale_ttl is not None and ttl_seconds is not None:
+                    soft_expiry = time.time() + ttl_seconds
+                payload = encode_entry(key, value, soft_expiry)
+            except Exception:
+                self._stats.creator_errors += 1
+                raise
+            ttl_ms = None
+            if ttl_seconds is not None:
+                ttl_ms = (ttl_seconds + (stale_ttl or 0)) * 1000
+            self._backend._store_now(key, payload, ttl_ms)
+        except Exception as exc:
+            _settle(flight, exc)
+            raise
+        except BaseException:
+            _settle(flight, _LeaderGone())
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+        self._stats.regenerations += 1
+        if type(value) not in _SAME_WHEN_DECODED:
+            # Callers get what a later hit would return (a decoded copy), not the
+            # creator's object.
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                value = entry.value
+        flight.set_result(value)
+        return value
+
     # -- miss: single flight, then the lease -------------------------------------------
 
     async def _miss(self, req: _Request, *, seen: bytes | None) -> Any:
         key = req.key
+        flights = self._flights
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
-        while (flight := self._flights.get(key)) is not None:
+        deadline: float | None = None
+        while (flight := flights.get(key)) is not None:
+            if deadline is None:
+                deadline = loop.time() + self.max_wait
             try:
                 return await self._await_flight(key, flight, deadline)
             except _LeaderGone:
                 continue
         flight = loop.create_future()
-        self._flights[key] = flight
+        flights[key] = flight
+        if deadline is None:
+            deadline = loop.time() + self.max_wait
         try:
             value = await self._fill(req, deadline, ignore=seen)
         except Exception as exc:
@@ -205,8 +297,8 @@ class DogpileLock:
             _settle(flight, _LeaderGone())
             raise
         finally:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            if flights.get(key) is flight:
+                del flights[key]
         flight.set_result(value)
         return value
 
@@ -272,21 +364,28 @@ class DogpileLock:
         key, ttl_seconds, stale_ttl = req.key, req.ttl_seconds, req.stale_ttl
         backend = self._backend
         heartbeat: asyncio.Task[None] | None = None
-        if backend._lease_seconds is not None:
-            heartbeat = asyncio.create_task(self._heartbeat(key, token, backend._lease_seconds))
+        lease_seconds = backend._lease_seconds
+        if lease_seconds is not None:
+            heartbeat = asyncio.create_task(self._heartbeat(key, token, lease_seconds))
         try:
-            value = await call_creator(req.creator)
+            creator = req.creator
+            if _is_async_function(creator):
+                value = await creator()
+            else:
+                value = await call_creator(creator)
             soft_expiry = None
             if stale_ttl is not None and ttl_seconds is not None:
                 soft_expiry = time.time() + ttl_seconds
             payload = encode_entry(key, value, soft_expiry)
         except BaseException as exc:
-            await _stop(heartbeat)
+            if heartbeat is not None:
+                await _stop(heartbeat)
             if isinstance(exc, Exception):
                 self._stats.creator_errors += 1
             await self._release_quietly(key, token)
             raise
-        await _stop(heartbeat)
+        if heartbeat is not None:
+            await _stop(heartbeat)
         self._stats.regenerations += 1
         ttl_ms = None
         if ttl_seconds is not None:

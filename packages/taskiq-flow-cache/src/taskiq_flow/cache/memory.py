@@ -68,7 +68,7 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
 
     # -- storage ---------------------------------------------------------------------------
 
-    def _lookup(self, key: str) -> bytes | None:
+    def _read_now(self, key: str) -> bytes | None:
         item = self._entries.get(key)
         if item is None:
             return None
@@ -79,14 +79,25 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         self._entries.move_to_end(key)
         return payload
 
-    def _store(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
+    def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
         now = time.monotonic()
-        expires_at = None if ttl_ms is None else now + ttl_ms / 1000
-        self._entries[key] = (payload, expires_at)
-        self._entries.move_to_end(key)
-        if expires_at is not None:
-            heapq.heappush(self._expiries, (expires_at, key))
-        self._sweep(now)
+        entries = self._entries
+        if key in entries:
+            del entries[key]  # re-inserted below: last in recency order
+        heap = self._expiries
+        if ttl_ms is None:
+            entries[key] = (payload, None)
+        else:
+            expires_at = now + ttl_ms / 1000
+            entries[key] = (payload, expires_at)
+            heapq.heappush(heap, (expires_at, key))
+        # The common write (nothing expired, nothing to evict) skips the sweep.
+        if (
+            (heap and heap[0][0] <= now)
+            or (self.max_entries is not None and len(entries) > self.max_entries)
+            or len(heap) > 2 * len(entries) + 64
+        ):
+            self._sweep(now)
 
     def _sweep(self, now: float) -> None:
         heap, entries = self._expiries, self._entries
@@ -107,12 +118,12 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
         check_key(key)
         ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
-        self._store(key, encode_entry(key, value), None if ttl is None else ttl * 1000)
+        self._store_now(key, encode_entry(key, value), None if ttl is None else ttl * 1000)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether a live entry was there."""
         check_key(key)
-        found = self._lookup(key) is not None
+        found = self._read_now(key) is not None
         self._entries.pop(key, None)
         return found
 
@@ -131,11 +142,17 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
 
     # -- lease primitives: the in-process single flight already elected the creator ------
 
+    @property
+    def _in_process(self) -> bool:
+        # Every primitive below completes without suspending (a subclass that awaits
+        # in them must return False here).
+        return True
+
     async def _read_raw(self, key: str) -> bytes | None:
-        return self._lookup(key)
+        return self._read_now(key)
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
-        payload = self._lookup(key)
+        payload = self._read_now(key)
         if payload is not None and payload != ignore:
             return LeaseResult(payload, False, None)
         return LeaseResult(None, True, None)
@@ -144,4 +161,4 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
         if payload is not None:
-            self._store(key, payload, ttl_ms)
+            self._store_now(key, payload, ttl_ms)

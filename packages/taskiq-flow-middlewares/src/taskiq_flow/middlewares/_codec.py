@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import builtins
 import functools
-import hashlib
 import inspect
 import logging
 import sys
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import Any
 
 import msgspec
@@ -24,9 +24,11 @@ from taskiq_flow.middlewares.errors import CachedTaskError
 logger = logging.getLogger("taskiq_flow.middlewares")
 
 __all__ = [
+    "Binder",
     "CachedValue",
     "ErrorInfo",
     "Unencodable",
+    "binder",
     "cache_key_digest",
     "decode_payload",
     "encode_error_payload",
@@ -161,7 +163,7 @@ def _is_dependency(parameter: inspect.Parameter) -> bool:
     return any(isinstance(item, Dependency) for item in metadata)
 
 
-class _Binder:
+class Binder:
     """A task signature, prepared once, that turns a call into its canonical arguments."""
 
     __slots__ = ("defaults", "names", "plain", "signature", "simple", "skip")
@@ -198,6 +200,14 @@ class _Binder:
         # positionally (the usual message) binds with one zip.
         self.plain = self.simple and not self.skip and len(self.names) == len(params)
 
+    def digest(self, args: list[Any], kwargs: dict[str, Any]) -> str:
+        """Stable digest of one call's arguments (see :func:`cache_key_digest`)."""
+        try:
+            encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
+        except _ENCODE_ERRORS as exc:
+            raise Unencodable(str(exc)) from exc
+        return blake2b(encoded, digest_size=16).hexdigest()
+
     def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.signature is None:
             return [args, kwargs]
@@ -227,8 +237,9 @@ class _Binder:
 
 
 @functools.lru_cache(maxsize=4096)
-def _binder(func: Callable[..., Any]) -> _Binder:
-    return _Binder(func)
+def binder(func: Callable[..., Any]) -> Binder:
+    """The :class:`Binder` of ``func``'s signature (prepared once per function)."""
+    return Binder(func)
 
 
 def cache_key_digest(
@@ -244,12 +255,7 @@ def cache_key_digest(
     Raises:
         Unencodable: an argument msgspec cannot encode.
     """
-    canonical = _binder(func).canonical(args, kwargs)
-    try:
-        encoded = _KEY_ENCODER.encode(canonical)
-    except _ENCODE_ERRORS as exc:
-        raise Unencodable(str(exc)) from exc
-    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+    return binder(func).digest(args, kwargs)
 
 
 def to_json_text(value: Any) -> str:

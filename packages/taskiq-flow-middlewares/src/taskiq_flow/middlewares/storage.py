@@ -23,6 +23,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares.cache import answered_from_cache
 from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
 
 __all__ = ["StorageMiddleware", "record_key"]
@@ -116,24 +117,34 @@ class StorageMiddleware(TaskiqMiddleware):
 
     # -- taskiq hooks --------------------------------------------------------------------
 
-    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Drop a ``cache_hit`` label the sender set: it would hide this execution's record."""
-        message.labels.pop(_labels.LABEL_CACHE_HIT, None)
-        return message
-
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Write the record of this execution (never raises)."""
         if not self.enabled or isinstance(result.error, NoResultError):
             return
         try:
             pipeline_id = message.labels.get(_labels.LABEL_PIPELINE_ID)
-            pipeline_id = str(pipeline_id) if pipeline_id not in (None, "") else None
-            cached = str(message.labels.get(_labels.LABEL_CACHE_HIT, "")).lower() == "true"
+            if pipeline_id is not None:
+                pipeline_id = str(pipeline_id) or None
+            cached = answered_from_cache(message)
             if cached and not self.store_cache_hits and pipeline_id is None:
                 return
-            key = record_key(message.task_id, pipeline_id)
+            if pipeline_id is None:
+                key = f"task:{message.task_id}"
+            else:
+                key = f"pipeline:{pipeline_id}:task:{message.task_id}"
             record = build_record(message, result, pipeline_id=pipeline_id, cached=cached)
-            await self._write(key, record)
+            if self._buffer:
+                # Storage is known to be failing: keep order, let the flusher retry.
+                self._enqueue(key, record)
+                return
+            try:
+                await self.storage.set(key, record, ttl_seconds=self.ttl_seconds)
+            except StorageError as exc:
+                self._counters["write_failures"] += 1
+                self._log_failure(exc)
+                self._enqueue(key, record)
+            else:
+                self._counters["records_written"] += 1
         except Exception:
             # Whatever went wrong, the task's own result must be saved: log and go on.
             logger.exception("StorageMiddleware could not record task %s", message.task_id)
@@ -176,20 +187,6 @@ class StorageMiddleware(TaskiqMiddleware):
         return await self._flush_once()
 
     # -- internals ------------------------------------------------------------------------------
-
-    async def _write(self, key: str, record: dict[str, Any]) -> None:
-        if self._buffer:
-            # Storage is known to be failing: keep order, let the flusher retry.
-            self._enqueue(key, record)
-            return
-        try:
-            await self.storage.set(key, record, ttl_seconds=self.ttl_seconds)
-        except StorageError as exc:
-            self._counters["write_failures"] += 1
-            self._log_failure(exc)
-            self._enqueue(key, record)
-        else:
-            self._counters["records_written"] += 1
 
     def _enqueue(self, key: str, record: dict[str, Any]) -> None:
         self._buffer[key] = record
@@ -254,6 +251,25 @@ class StorageMiddleware(TaskiqMiddleware):
         self._errors_since_log = 0
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
+def utc_now_iso() -> str:
+    """The current UTC time as ISO 8601 with microseconds (``...T07:00:00.123456+00:00``).
+
+    Formatting a datetime costs more than the rest of a record; the part up to the
+    second is formatted once per second and reused.
+    """
+    global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (no torn read)
+    now = time.time()
+    second = int(now)
+    memo = _second_text
+    if memo[0] != second:
+        memo = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _second_text = memo
+    return f"{memo[1]}.{int((now - second) * 1_000_000):06d}+00:00"
+
+
 def build_record(
     message: TaskiqMessage,
     result: TaskiqResult[Any],
@@ -285,7 +301,7 @@ def build_record(
         "return_value": return_value,
         "error": error,
         "execution_time": float(result.execution_time),
-        "finished_at": datetime.now(UTC).isoformat(),
+        "finished_at": utc_now_iso(),
     }
     if cached:
         record["cached"] = True

@@ -60,14 +60,19 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
 
     def _put(self, key: str, item: _Item) -> None:
         data = self._data
+        if key in data:
+            del data[key]  # re-inserted below: last in recency order
         data[key] = item
         expires = item[2]
+        heap = self._expiries
         if expires is not None:
-            heapq.heappush(self._expiries, (expires, key))
-        self._sweep(item[1])
-        if self.max_entries is not None:
-            data.move_to_end(key)
-            while len(data) > self.max_entries:
+            heapq.heappush(heap, (expires, key))
+        # The common write (nothing expired, nothing to evict) returns here.
+        if (heap and heap[0][0] <= item[1]) or len(heap) > 2 * len(data) + 64:
+            self._sweep(item[1])
+        max_entries = self.max_entries
+        if max_entries is not None:
+            while len(data) > max_entries:
                 data.popitem(last=False)
 
     def _sweep(self, now: float) -> None:
@@ -97,7 +102,7 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
         check_key(key)
-        ttl = self._ttl(ttl_seconds)
+        ttl = self.ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
         blob = encode(key, value)
         now = time.time()
         self._put(key, (blob, now, None if ttl is None else now + ttl))
