@@ -196,9 +196,7 @@ class DogpileLock:
             except _BACKEND_ERRORS:
                 if not fallback_on_error:
                     raise
-                return await self._uncached(
-                    _Request(key, creator, ttl_seconds, stale_ttl, True)
-                )
+                return await self._uncached(_Request(key, creator, ttl_seconds, stale_ttl, True))
         stats = self._stats
         if payload is not None:
             entry = decode_entry(key, payload)
@@ -232,25 +230,18 @@ class DogpileLock:
         that case, flattened because every miss of an in-memory cache comes this way.
         """
         flights = self._flights
-        flight = asyncio.get_running_loop().create_future()
-        flights[key] = flight
+        flights[key] = flight = asyncio.get_running_loop().create_future()
         try:
             try:
-                if _is_async_function(creator):
-                    value = await creator()
+                value = await (creator() if _is_async_function(creator) else call_creator(creator))
+                if stale_ttl is None or ttl_seconds is None:
+                    payload = encode_entry(key, value)
                 else:
-                    value = await call_creator(creator)
-                soft_expiry = None
-                if stale_ttl is not None and ttl_seconds is not None:
-                    soft_expiry = time.time() + ttl_seconds
-                payload = encode_entry(key, value, soft_expiry)
+                    payload = encode_entry(key, value, time.time() + ttl_seconds)
             except Exception:
                 self._stats.creator_errors += 1
                 raise
-            ttl_ms = None
-            if ttl_seconds is not None:
-                ttl_ms = (ttl_seconds + (stale_ttl or 0)) * 1000
-            self._backend._store_now(key, payload, ttl_ms)
+            self._backend._store_now(key, payload, _ttl_ms(ttl_seconds, stale_ttl))
         except Exception as exc:
             _settle(flight, exc)
             raise
@@ -387,11 +378,8 @@ class DogpileLock:
         if heartbeat is not None:
             await _stop(heartbeat)
         self._stats.regenerations += 1
-        ttl_ms = None
-        if ttl_seconds is not None:
-            ttl_ms = (ttl_seconds + (stale_ttl or 0)) * 1000
         try:
-            await backend._commit(key, token, payload, ttl_ms)
+            await backend._commit(key, token, payload, _ttl_ms(ttl_seconds, stale_ttl))
         except _BACKEND_ERRORS:
             self._stats.backend_errors += 1
             if not req.fallback_on_error:
@@ -483,6 +471,13 @@ class DogpileLock:
         except Exception:
             self._stats.creator_errors += 1
             raise
+
+
+def _ttl_ms(ttl_seconds: int | None, stale_ttl: int | None) -> int | None:
+    """How long the backend keeps an entry: its TTL plus any stale window, in ms."""
+    if ttl_seconds is None:
+        return None
+    return (ttl_seconds + (stale_ttl or 0)) * 1000
 
 
 def _settle(flight: asyncio.Future[Any], exc: BaseException) -> None:

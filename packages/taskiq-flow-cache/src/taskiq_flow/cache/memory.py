@@ -80,21 +80,22 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         return payload
 
     def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
-        now = time.monotonic()
         entries = self._entries
         if key in entries:
             del entries[key]  # re-inserted below: last in recency order
         heap = self._expiries
+        now = time.monotonic()
         if ttl_ms is None:
             entries[key] = (payload, None)
         else:
             expires_at = now + ttl_ms / 1000
             entries[key] = (payload, expires_at)
             heapq.heappush(heap, (expires_at, key))
-        # The common write (nothing expired, nothing to evict) skips the sweep.
+        # The common write (nothing expired, nothing to evict) stops at these checks.
+        max_entries = self.max_entries
         if (
-            (heap and heap[0][0] <= now)
-            or (self.max_entries is not None and len(entries) > self.max_entries)
+            (max_entries is not None and len(entries) > max_entries)
+            or (heap and heap[0][0] <= now)
             or len(heap) > 2 * len(entries) + 64
         ):
             self._sweep(now)

@@ -166,7 +166,7 @@ def _is_dependency(parameter: inspect.Parameter) -> bool:
 class Binder:
     """A task signature, prepared once, that turns a call into its canonical arguments."""
 
-    __slots__ = ("defaults", "names", "plain", "signature", "simple", "skip")
+    __slots__ = ("defaults", "names", "ordered", "plain", "signature", "simple", "skip")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         try:
@@ -174,6 +174,7 @@ class Binder:
         except (TypeError, ValueError):
             self.signature = None
             self.names: tuple[str, ...] = ()
+            self.ordered: tuple[str, ...] = ()
             self.defaults: dict[str, Any] = {}
             self.skip: frozenset[str] = frozenset()
             self.simple = False
@@ -191,6 +192,8 @@ class Binder:
         self.names = tuple(
             name for name, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         )
+        # The parameters that make up the key, in signature order.
+        self.ordered = tuple(name for name in params if name not in self.skip)
         self.defaults = {
             name: p.default
             for name, p in params.items()
@@ -203,16 +206,25 @@ class Binder:
     def digest(self, args: list[Any], kwargs: dict[str, Any]) -> str:
         """Stable digest of one call's arguments (see :func:`cache_key_digest`)."""
         try:
-            encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
+            if self.plain and not kwargs and len(args) == len(self.names):
+                encoded = _KEY_ENCODER.encode(args)  # canonical()'s first case, inlined
+            else:
+                encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
         except _ENCODE_ERRORS as exc:
             raise Unencodable(str(exc)) from exc
         return blake2b(encoded, digest_size=16).hexdigest()
 
     def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if self.signature is None:
-            return [args, kwargs]
+        """One value per call, equal for every way of writing the same call.
+
+        - every key parameter bound: the list of their values in signature order (the
+          names are the signature's, so they add nothing);
+        - some left unbound (the call itself will fail): a map of name to value;
+        - no usable signature, or a call inspect cannot bind: ``{"": [args, kwargs]}``
+          (``""`` is never a parameter name, so it cannot equal either form above).
+        """
         if self.plain and not kwargs and len(args) == len(self.names):
-            return dict(zip(self.names, args, strict=True))
+            return args  # every parameter given positionally, in order: the usual message
         if self.simple and len(args) <= len(self.names):
             bound = dict(zip(self.names, args, strict=False))
             for name, value in kwargs.items():
@@ -223,17 +235,25 @@ class Binder:
                 bound.setdefault(name, default)
             for name in self.skip:
                 bound.pop(name, None)
-            return bound
+            return self._form(bound)
         return self._slow(args, kwargs)
 
+    def _form(self, bound: dict[str, Any]) -> Any:
+        if len(bound) == len(self.ordered) and all(name in bound for name in self.ordered):
+            return [bound[name] for name in self.ordered]
+        return bound
+
     def _slow(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        assert self.signature is not None  # noqa: S101 - only called with a signature
+        if self.signature is None:
+            return {"": [args, kwargs]}
         try:
             bound = self.signature.bind_partial(*args, **kwargs)
         except TypeError:
-            return [args, kwargs]
+            return {"": [args, kwargs]}
         bound.apply_defaults()
-        return {name: value for name, value in bound.arguments.items() if name not in self.skip}
+        return self._form(
+            {name: value for name, value in bound.arguments.items() if name not in self.skip}
+        )
 
 
 @functools.lru_cache(maxsize=4096)

@@ -23,6 +23,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import operator
 import queue
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,15 +74,13 @@ class _Call:
         message = self.message
         if self.taken or message.task_name != task_name:
             return False
-        wire_args = message.args
-        if len(args) != len(wire_args):
+        sent = message.args
+        if len(args) != len(sent) or not all(map(operator.is_, args, sent)):
             return False
-        for given, sent in zip(args, wire_args, strict=True):
-            if given is not sent:
-                return False
-        for name, sent in message.kwargs.items():
-            if kwargs.get(name, _MISSING) is not sent:
-                return False
+        if message.kwargs:
+            for name, value in message.kwargs.items():
+                if kwargs.get(name, _MISSING) is not value:
+                    return False
         self.taken = True
         return True
 
@@ -207,15 +206,34 @@ class CacheMiddleware(TaskiqMiddleware):
             del labels[_labels.LABEL_CACHE_HIT]
         task_name = message.task_name
         task = self.broker.find_task(task_name)
-        if task is None:
-            _CURRENT.set(None)
-            return message
         known = self._known.get(task_name)
         if known is None or known[0] is not task or task.original_func is not known[1]:
+            if task is None:
+                _CURRENT.set(None)
+                return message
             known = self._learn(task)
-        if "labels" in message.kwargs:
+        if message.kwargs and "labels" in message.kwargs:
             _labels.lift_labels_kwarg(message, known[2], wire_format=False)
-        decision = self._decide(message, known[3])
+        if (labels and not _labels.OUR_LABELS.isdisjoint(labels)) or not self.enabled:
+            decision = self._decide(message, known[3])
+        else:
+            # The usual message: no label of ours, so the defaults and the digest key.
+            try:
+                key = f"{task_name}:{known[3].digest(message.args, message.kwargs)}"
+            except _codec.Unencodable as exc:
+                self._unencodable(message, exc)
+                decision = None
+            else:
+                decision = None
+                if self.default_ttl:
+                    decision = _Call(
+                        self,
+                        message,
+                        key,
+                        self.default_ttl,
+                        self.cache_errors,
+                        asyncio.get_running_loop(),
+                    )
         if decision is None:
             self._counters["bypassed"] += 1
         _CURRENT.set(decision)
@@ -258,15 +276,18 @@ class CacheMiddleware(TaskiqMiddleware):
             try:
                 digest = binder.digest(message.args, message.kwargs)
             except _codec.Unencodable as exc:
-                self._counters["uncacheable_args"] += 1
-                self._warn_once(
-                    message.task_name,
-                    "Task %s runs uncached: its arguments cannot be encoded (%s).",
-                    exc,
-                )
+                self._unencodable(message, exc)
                 return None
             key = f"{message.task_name}:{digest}"
         return _Call(self, message, key, ttl, cache_errors, asyncio.get_running_loop())
+
+    def _unencodable(self, message: TaskiqMessage, exc: Exception) -> None:
+        self._counters["uncacheable_args"] += 1
+        self._warn_once(
+            message.task_name,
+            "Task %s runs uncached: its arguments cannot be encoded (%s).",
+            exc,
+        )
 
     def _warn_once(self, task_name: str, template: str, detail: object) -> None:
         if task_name in self._warned_tasks:
@@ -326,7 +347,7 @@ class CacheMiddleware(TaskiqMiddleware):
         while True:
             try:
                 payload = await self._get_or_create(
-                    call.key, creator, call.ttl, self._cache.default_stale_ttl
+                    call.key, creator, call.ttl, self._cache.default_stale_ttl, True
                 )
                 break
             except CacheLockTimeout:
@@ -394,23 +415,28 @@ class CacheMiddleware(TaskiqMiddleware):
         return cached.value
 
 
-def _cache_entry_point(
-    cache: BaseCacheAdapter,
-) -> Callable[[str, Callable[[], Awaitable[bytes]], int, int | None], Awaitable[Any]]:
-    """``cache.get_or_create`` with a fallback on backend errors, as cheap as it can be.
+_EntryPoint = Callable[[str, Callable[[], Awaitable[bytes]], int, int | None, bool], Awaitable[Any]]
+
+
+def _cache_entry_point(cache: BaseCacheAdapter) -> _EntryPoint:
+    """``cache.get_or_create`` taking (key, creator, ttl, stale_ttl, fallback) positionally.
 
     The middleware has already validated key and TTL, so an adapter that keeps the base
     class's ``get_or_create`` is entered straight at its dogpile lock; one that
     overrides it is called through its override.
     """
     if type(cache).get_or_create is BaseCacheAdapter.get_or_create:
-        return functools.partial(cache._lock.get_or_create, fallback_on_error=True)
+        return cache._lock.get_or_create
 
     def through(
-        key: str, creator: Callable[[], Awaitable[bytes]], ttl: int, stale_ttl: int | None
+        key: str,
+        creator: Callable[[], Awaitable[bytes]],
+        ttl: int,
+        stale_ttl: int | None,
+        fallback: bool,
     ) -> Awaitable[Any]:
         return cache.get_or_create(
-            key, creator, ttl_seconds=ttl, stale_ttl=stale_ttl, fallback_on_error=True
+            key, creator, ttl_seconds=ttl, stale_ttl=stale_ttl, fallback_on_error=fallback
         )
 
     return through

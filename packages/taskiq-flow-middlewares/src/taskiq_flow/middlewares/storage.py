@@ -119,16 +119,16 @@ class StorageMiddleware(TaskiqMiddleware):
 
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Write the record of this execution (never raises)."""
-        if not self.enabled or isinstance(result.error, NoResultError):
+        if not self.enabled or (result.is_err and isinstance(result.error, NoResultError)):
             return
         try:
             pipeline_id = message.labels.get(_labels.LABEL_PIPELINE_ID)
             if pipeline_id is not None:
                 pipeline_id = str(pipeline_id) or None
             cached = answered_from_cache(message)
-            if cached and not self.store_cache_hits and pipeline_id is None:
-                return
             if pipeline_id is None:
+                if cached and not self.store_cache_hits:
+                    return
                 key = f"task:{message.task_id}"
             else:
                 key = f"pipeline:{pipeline_id}:task:{message.task_id}"
@@ -138,7 +138,7 @@ class StorageMiddleware(TaskiqMiddleware):
                 self._enqueue(key, record)
                 return
             try:
-                await self.storage.set(key, record, ttl_seconds=self.ttl_seconds)
+                await self.storage.set(key, record, self.ttl_seconds)
             except StorageError as exc:
                 self._counters["write_failures"] += 1
                 self._log_failure(exc)
@@ -262,12 +262,12 @@ def utc_now_iso() -> str:
     """
     global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (no torn read)
     now = time.time()
-    second = int(now)
-    memo = _second_text
-    if memo[0] != second:
-        memo = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-        _second_text = memo
-    return f"{memo[1]}.{int((now - second) * 1_000_000):06d}+00:00"
+    second, text = _second_text
+    if int(now) != second:
+        second = int(now)
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text = (second, text)
+    return f"{text}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
 def build_record(
@@ -280,7 +280,8 @@ def build_record(
     """The stored record of one execution (the guide's shape plus name, time, flags)."""
     error: dict[str, Any] | None = None
     return_value: str | None = None
-    if result.is_err and isinstance(result.error, BaseException):
+    is_err = bool(result.is_err)
+    if is_err and isinstance(result.error, BaseException):
         info = _codec.error_info(result.error)
         error = {"type": info.type_name, "message": info.message}
     else:
@@ -297,7 +298,7 @@ def build_record(
         "task_id": message.task_id,
         "pipeline_id": pipeline_id,
         "task_name": message.task_name,
-        "is_err": bool(result.is_err),
+        "is_err": is_err,
         "return_value": return_value,
         "error": error,
         "execution_time": float(result.execution_time),

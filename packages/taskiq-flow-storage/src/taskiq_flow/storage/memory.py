@@ -63,15 +63,14 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
         if key in data:
             del data[key]  # re-inserted below: last in recency order
         data[key] = item
-        expires = item[2]
         heap = self._expiries
-        if expires is not None:
-            heapq.heappush(heap, (expires, key))
-        # The common write (nothing expired, nothing to evict) returns here.
-        if (heap and heap[0][0] <= item[1]) or len(heap) > 2 * len(data) + 64:
+        if item[2] is not None:
+            heapq.heappush(heap, (item[2], key))
+        # The common write (nothing expired, nothing to evict) stops at these checks.
+        if heap and (heap[0][0] <= item[1] or len(heap) > 2 * len(data) + 64):
             self._sweep(item[1])
         max_entries = self.max_entries
-        if max_entries is not None:
+        if max_entries is not None and len(data) > max_entries:
             while len(data) > max_entries:
                 data.popitem(last=False)
 
@@ -101,7 +100,8 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
-        check_key(key)
+        if type(key) is not str or not key or not key.isascii():
+            check_key(key)  # the rare key: let the full check accept it or say why not
         ttl = self.ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
         blob = encode(key, value)
         now = time.time()
