@@ -131,6 +131,15 @@ class _Request(NamedTuple):
     fallback_on_error: bool
 
 
+class _Pending:
+    """The flight marker of a lone creator that nobody waits for yet."""
+
+    __slots__ = ()
+
+
+_PENDING = _Pending()
+
+
 class _LeaderGone(Exception):
     """The flight leader was cancelled: its in-process waiters start over."""
 
@@ -175,7 +184,10 @@ class DogpileLock:
         self._backend = backend
         self._stats = stats
         self.max_wait = max_wait
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        # key -> the future its in-process waiters await; _PENDING while a lone creator
+        # (in-process backend) runs with nobody waiting yet: the first waiter turns it
+        # into a future, so the uncontended miss allocates none.
+        self._flights: dict[str, asyncio.Future[Any] | _Pending] = {}
         self._alone = bool(backend._in_process)
 
     async def get_or_create(
@@ -190,6 +202,9 @@ class DogpileLock:
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
         if self._alone:
             payload = self._backend._read_now(key)
+            if payload is None and key not in self._flights:
+                self._stats.misses += 1
+                return await self._create_alone(key, creator, ttl_seconds, stale_ttl)
         else:
             try:
                 payload = await self._backend._read_raw(key)
@@ -212,14 +227,12 @@ class DogpileLock:
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
-        if payload is None and self._alone and key not in self._flights:
-            return await self._create_alone(key, creator, ttl_seconds, stale_ttl)
         return await self._miss(
             _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
             seen=payload,
         )
 
-    async def _create_alone(
+    async def _create_alone(  # noqa: PLR0912 - _miss + _create flattened (see docstring)
         self, key: str, creator: Creator, ttl_seconds: int | None, stale_ttl: int | None
     ) -> Any:
         """A miss on an in-process backend that nobody here is filling yet.
@@ -230,10 +243,13 @@ class DogpileLock:
         that case, flattened because every miss of an in-memory cache comes this way.
         """
         flights = self._flights
-        flights[key] = flight = asyncio.get_running_loop().create_future()
+        flights[key] = _PENDING
         try:
             try:
-                value = await (creator() if _is_async_function(creator) else call_creator(creator))
+                if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
+                    value = await creator()
+                else:
+                    value = await call_creator(creator)
                 if stale_ttl is None or ttl_seconds is None:
                     payload = encode_entry(key, value)
                 else:
@@ -241,16 +257,20 @@ class DogpileLock:
             except Exception:
                 self._stats.creator_errors += 1
                 raise
-            self._backend._store_now(key, payload, _ttl_ms(ttl_seconds, stale_ttl))
+            if ttl_seconds is None:
+                self._backend._store_now(key, payload, None)
+            else:
+                self._backend._store_now(key, payload, (ttl_seconds + (stale_ttl or 0)) * 1000)
         except Exception as exc:
-            _settle(flight, exc)
+            flight = flights.pop(key, None)  # nobody else registers while ours is there
+            if isinstance(flight, asyncio.Future):
+                _settle(flight, exc)
             raise
         except BaseException:
-            _settle(flight, _LeaderGone())
+            flight = flights.pop(key, None)
+            if isinstance(flight, asyncio.Future):
+                _settle(flight, _LeaderGone())
             raise
-        finally:
-            if flights.get(key) is flight:
-                del flights[key]
         self._stats.regenerations += 1
         if type(value) not in _SAME_WHEN_DECODED:
             # Callers get what a later hit would return (a decoded copy), not the
@@ -258,7 +278,9 @@ class DogpileLock:
             entry = decode_entry(key, payload)
             if entry is not None:
                 value = entry.value
-        flight.set_result(value)
+        flight = flights.pop(key, None)
+        if isinstance(flight, asyncio.Future):
+            flight.set_result(value)  # someone joined while we were creating
         return value
 
     # -- miss: single flight, then the lease -------------------------------------------
@@ -271,6 +293,8 @@ class DogpileLock:
         while (flight := flights.get(key)) is not None:
             if deadline is None:
                 deadline = loop.time() + self.max_wait
+            if isinstance(flight, _Pending):
+                flights[key] = flight = loop.create_future()
             try:
                 return await self._await_flight(key, flight, deadline)
             except _LeaderGone:

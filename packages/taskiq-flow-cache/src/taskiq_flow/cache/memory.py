@@ -83,22 +83,20 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         entries = self._entries
         if key in entries:
             del entries[key]  # re-inserted below: last in recency order
-        heap = self._expiries
-        now = time.monotonic()
         if ttl_ms is None:
             entries[key] = (payload, None)
         else:
+            now = time.monotonic()
             expires_at = now + ttl_ms / 1000
             entries[key] = (payload, expires_at)
+            heap = self._expiries
             heapq.heappush(heap, (expires_at, key))
-        # The common write (nothing expired, nothing to evict) stops at these checks.
+            if heap[0][0] <= now or len(heap) > 2 * len(entries) + 64:
+                self._sweep(now)
         max_entries = self.max_entries
-        if (
-            (max_entries is not None and len(entries) > max_entries)
-            or (heap and heap[0][0] <= now)
-            or len(heap) > 2 * len(entries) + 64
-        ):
-            self._sweep(now)
+        if max_entries is not None and len(entries) > max_entries:
+            while len(entries) > max_entries:
+                entries.popitem(last=False)
 
     def _sweep(self, now: float) -> None:
         heap, entries = self._expiries, self._entries
@@ -107,10 +105,8 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
             item = entries.get(key)
             if item is not None and item[1] == expires_at:
                 del entries[key]
-        if self.max_entries is not None:
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
-        # Overwritten keys leave outdated pairs behind; rebuild before they dominate.
+        # Overwritten or evicted keys leave outdated pairs behind; rebuild before they
+        # dominate.
         if len(heap) > 2 * len(entries) + 64:
             self._expiries = [(exp, k) for k, (_, exp) in entries.items() if exp is not None]
             heapq.heapify(self._expiries)

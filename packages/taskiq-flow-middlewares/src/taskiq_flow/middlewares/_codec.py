@@ -24,6 +24,7 @@ from taskiq_flow.middlewares.errors import CachedTaskError
 logger = logging.getLogger("taskiq_flow.middlewares")
 
 __all__ = [
+    "ENCODE_ERRORS",
     "Binder",
     "CachedValue",
     "ErrorInfo",
@@ -34,6 +35,7 @@ __all__ = [
     "encode_error_payload",
     "encode_value_payload",
     "error_info",
+    "json_bytes",
     "rebuild_exception",
     "to_json_text",
 ]
@@ -60,6 +62,11 @@ _ENCODE_ERRORS = (
     RecursionError,
     msgspec.EncodeError,
 )
+
+
+ENCODE_ERRORS = _ENCODE_ERRORS
+json_bytes = _JSON_ENCODER.encode
+"""JSON of a value, for a hot path that handles :data:`ENCODE_ERRORS` itself."""
 
 
 class Unencodable(Exception):
