@@ -239,6 +239,13 @@ async def main() -> None:
             miss["floor"] / miss["bare"],
             "-",
         ),
+        (
+            "all-miss overhead, us/task",
+            1e6 / miss["bare"],
+            1e6 / miss["stack"],
+            1e6 / miss["stack"] - 1e6 / miss["bare"],
+            "(ratio col: us added)",
+        ),
         ("all-hit tasks/s", hit["bare"], hit["stack"], hit["stack"] / hit["bare"], "-"),
         ("20 ms task: execute vs hit (ms)", exec_s * 1e3, hit_s * 1e3, exec_s / hit_s, ">= 20"),
     ]
