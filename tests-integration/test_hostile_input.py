@@ -35,7 +35,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from taskiq import InMemoryBroker
+from taskiq import InMemoryBroker, TaskiqMessage
 
 from taskiq_flow.cache import CacheError, InMemoryCacheAdapter, RedisCacheAdapter
 from taskiq_flow.cache.codec import decode_entry
@@ -585,3 +585,40 @@ async def test_sender_cannot_hide_a_record_with_a_cache_hit_label(with_cache: bo
         assert "cached" not in record
     finally:
         await broker.shutdown()
+
+
+@pytest.mark.parametrize("with_storage", [True, False], ids=["both", "cache_only"])
+async def test_a_foreign_sender_cannot_claim_a_hit_through_the_labels_argument(
+    with_storage: bool,
+) -> None:
+    # A producer without CacheMiddleware sends labels= as a plain keyword argument; the
+    # worker lifts it into the labels, and a cache_hit among them must not survive.
+    broker = InMemoryBroker(await_inplace=True)
+    storage = InMemoryStorageAdapter()
+    broker.add_middlewares(CacheMiddleware(cache=InMemoryCacheAdapter()))
+    if with_storage:
+        broker.add_middlewares(StorageMiddleware(storage=storage))
+
+    @broker.task(task_name="hostile.labels_kwarg")
+    async def square(x: int) -> int:
+        return x * x
+
+    await broker.startup()
+    try:
+        message = TaskiqMessage(
+            task_id="foreign-1",
+            task_name="hostile.labels_kwarg",
+            labels={},
+            args=[3],
+            kwargs={"labels": {"cache_hit": "true"}},
+        )
+        await broker.receiver.callback(broker.formatter.dumps(message).message)
+        result = await broker.result_backend.get_result("foreign-1")
+    finally:
+        await broker.shutdown()
+    assert result.return_value == 9
+    assert result.labels.get("cache_hit") != "true"
+    if with_storage:
+        record = await storage.get("task:foreign-1")
+        assert record is not None
+        assert "cached" not in record

@@ -63,3 +63,14 @@ async def test_no_expiry_when_default_ttl_is_none() -> None:
     cache = InMemoryCacheAdapter(default_ttl=None)
     await cache.set("k", 1)
     assert cache._entries["k"][1] is None
+
+
+async def test_a_write_without_ttl_drops_expired_entries_before_evicting_live_ones() -> None:
+    cache = InMemoryCacheAdapter(max_entries=2, default_ttl=None)
+    await cache.set("live", 1)
+    await cache.set("short", 2, ttl_seconds=1)
+    await asyncio.sleep(1.05)
+    await cache.set("new", 3)  # no TTL: the expired entry must go, not the live one
+    assert await cache.get("live") == 1
+    assert await cache.get("new") == 3
+    assert len(cache) == 2

@@ -497,3 +497,16 @@ async def test_absurd_ttl_label_falls_back_to_default(stack, caplog) -> None:
             assert res.return_value == 1
     assert stack.runs["t"] == 1
     assert "cache_ttl" in caplog.text
+
+
+def test_key_forms_never_collide() -> None:
+    from taskiq_flow.middlewares._codec import cache_key_digest
+
+    def pair(a: object, b: object) -> None: ...
+
+    # A two-parameter call binds to [a, b]; a call that cannot bind keeps its raw
+    # arguments under "": the two can hold the same values and still differ.
+    bound = cache_key_digest(pair, [[1, 2, 3], {}], {})
+    unbindable = cache_key_digest(pair, [1, 2, 3], {})
+    assert bound != unbindable
+    assert cache_key_digest(pair, [1, 2], {}) == cache_key_digest(pair, [], {"b": 2, "a": 1})

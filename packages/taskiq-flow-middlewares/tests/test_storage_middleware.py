@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 
 import pytest
-from taskiq import InMemoryBroker
+from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_flow.cache import InMemoryCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
@@ -286,3 +286,38 @@ def test_worker_process_with_sqlite_storage_exits(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
+
+
+class _CopyingMiddleware(TaskiqMiddleware):
+    """pre_execute may return another message object; taskiq goes on with that one."""
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        return message.model_copy(deep=True)
+
+
+async def test_a_hit_is_known_when_a_later_middleware_copies_the_message() -> None:
+    storage = InMemoryStorageAdapter()
+    broker = InMemoryBroker(await_inplace=True)
+    broker.add_middlewares(
+        CacheMiddleware(InMemoryCacheAdapter()),
+        _CopyingMiddleware(),
+        StorageMiddleware(storage=storage),
+    )
+    runs = 0
+
+    @broker.task
+    async def square(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        return x * x
+
+    await broker.startup()
+    try:
+        sent = [await square.kiq(3), await square.kiq(3)]
+        first, second = [await s.wait_result(timeout=5) for s in sent]
+    finally:
+        await broker.shutdown()
+    assert (first.return_value, second.return_value, runs) == (9, 9, 1)
+    assert second.labels.get("cache_hit") == "true"
+    # The hit is not stored again: the one record is the execution's.
+    assert await storage.keys("task:*") == [f"task:{sent[0].task_id}"]

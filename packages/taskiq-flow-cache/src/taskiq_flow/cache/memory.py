@@ -85,6 +85,10 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
             del entries[key]  # re-inserted below: last in recency order
         if ttl_ms is None:
             entries[key] = (payload, None)
+            heap = self._expiries
+            if heap and heap[0][0] <= time.monotonic():
+                # Drop what has expired before the LRU bound evicts a live entry.
+                self._sweep(time.monotonic())
         else:
             now = time.monotonic()
             expires_at = now + ttl_ms / 1000

@@ -25,6 +25,7 @@ logger = logging.getLogger("taskiq_flow.middlewares")
 
 __all__ = [
     "ENCODE_ERRORS",
+    "KEY_FORMAT",
     "Binder",
     "CachedValue",
     "ErrorInfo",
@@ -63,6 +64,11 @@ _ENCODE_ERRORS = (
     msgspec.EncodeError,
 )
 
+
+KEY_FORMAT = b"taskiq-flow-k2"
+"""BLAKE2b personalisation of key digests: a new canonical form gets a new one, so a key
+written by one version can never equal a different call's key in another (rolling
+deploys share a Redis cache)."""
 
 ENCODE_ERRORS = _ENCODE_ERRORS
 json_bytes = _JSON_ENCODER.encode
@@ -219,7 +225,7 @@ class Binder:
                 encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
         except _ENCODE_ERRORS as exc:
             raise Unencodable(str(exc)) from exc
-        return blake2b(encoded, digest_size=16).hexdigest()
+        return blake2b(encoded, digest_size=16, person=KEY_FORMAT).hexdigest()
 
     def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """One value per call, equal for every way of writing the same call.

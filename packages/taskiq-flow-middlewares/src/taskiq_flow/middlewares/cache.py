@@ -103,7 +103,8 @@ def answered_from_cache(message: TaskiqMessage) -> bool:
     A ``cache_hit`` label alone is no proof: a sender can set any label.
     """
     call = _CURRENT.get()
-    return call is not None and call.hit and call.message is message
+    # By task id, not identity: a middleware's pre_execute may return a copied message.
+    return call is not None and call.hit and call.message.task_id == message.task_id
 
 
 class _Uncacheable(Exception):
@@ -201,9 +202,6 @@ class CacheMiddleware(TaskiqMiddleware):
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Decide how this message uses the cache; make sure its task is wrapped."""
         labels = message.labels
-        # Only this middleware may say a result came from the cache, never the sender.
-        if _labels.LABEL_CACHE_HIT in labels:
-            del labels[_labels.LABEL_CACHE_HIT]
         task_name = message.task_name
         task = self.broker.find_task(task_name)
         known = self._known.get(task_name)
@@ -214,6 +212,10 @@ class CacheMiddleware(TaskiqMiddleware):
             known = self._learn(task)
         if message.kwargs and "labels" in message.kwargs:
             _labels.lift_labels_kwarg(message, known[2], wire_format=False)
+        # Only this middleware may say a result came from the cache, never the sender
+        # (after the lift: kiq(..., labels={"cache_hit": ...}) is the sender too).
+        if _labels.LABEL_CACHE_HIT in labels:
+            del labels[_labels.LABEL_CACHE_HIT]
         if (labels and not _labels.OUR_LABELS.isdisjoint(labels)) or not self.enabled:
             decision = self._decide(message, known[3])
         else:

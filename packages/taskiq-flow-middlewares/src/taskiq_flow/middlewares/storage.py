@@ -129,8 +129,12 @@ class StorageMiddleware(TaskiqMiddleware):
                 pipeline_id = str(pipeline_id) or None
             # answered_from_cache(message), inlined: this runs for every task.
             call = _CACHE_CALL.get()
-            cached = call is not None and call.hit and call.message is message
-            if not cached and _labels.LABEL_CACHE_HIT in result.labels:
+            cached = call is not None and call.hit and call.message.task_id == message.task_id
+            if cached:
+                # Also when a middleware between the two copied the message: the
+                # cache marked the labels of the message it saw.
+                result.labels[_labels.LABEL_CACHE_HIT] = "true"
+            elif _labels.LABEL_CACHE_HIT in result.labels:
                 # Set by the sender, not by a cache: the result must not claim a hit.
                 del result.labels[_labels.LABEL_CACHE_HIT]
             if pipeline_id is None:
