@@ -4,12 +4,9 @@ Side by side in one run (rounds interleaved, so machine noise hits every broker 
 
 * a bare broker;
 * the same broker with CacheMiddleware and StorageMiddleware (in-memory adapters);
-* a *floor reference* (all-miss only): the least a cache + storage pair of middlewares can
-  do inside taskiq -- wrap the function, digest the arguments, one dict lookup, one dict
-  store of the encoded value, one dict store of an encoded record. No LRU bound, no TTL,
-  no single flight, no statistics, no validation, no error handling. It is not shipped;
-  it shows how much of the gap to the bare broker any such pair pays in taskiq's hooks
-  and in the Python it has to run.
+* two references (all-miss only; see ``_reference.py``, not shipped): ``lean``, the same
+  hot-path work flattened into one wrapper and one hook, and ``floor``, the least any
+  cache + storage pair can do inside taskiq.
 
 Workloads: all-miss (every call distinct) and all-hit (one call repeated); and, for a
 task that sleeps 20 ms, the latency of a cache hit vs an execution.
@@ -24,102 +21,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
-import functools
-import hashlib
 import json
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import msgspec
-from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq import InMemoryBroker
 
 from taskiq_flow.cache import InMemoryCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.storage import InMemoryStorageAdapter
 
-# -- the floor reference ------------------------------------------------------------------
-
-_KEYS = msgspec.msgpack.Encoder(order="deterministic")
-_VALUES = msgspec.msgpack.Encoder()
-_JSON = msgspec.json.Encoder()
-_KEY: contextvars.ContextVar[tuple[str, dict[str, bytes]] | None] = contextvars.ContextVar(
-    "floor_key", default=None
-)
-
-
-class _FloorCache(TaskiqMiddleware):
-    """Reference only: a key per message, no bound, no TTL, no lock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: dict[str, bytes] = {}
-
-    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
-        return message  # CacheMiddleware needs this hook too (kiq(labels=...))
-
-    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        digest = hashlib.blake2b(_KEYS.encode(message.args), digest_size=16).hexdigest()
-        _KEY.set((f"{message.task_name}:{digest}", self.entries))
-        return message
-
-
-def _floor_wrap(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        found = _KEY.get()
-        if found is None:
-            return await func(*args, **kwargs)
-        key, entries = found
-        cached = entries.get(key)
-        if cached is not None:
-            return msgspec.msgpack.decode(cached)
-        value = await func(*args, **kwargs)
-        entries[key] = _VALUES.encode(value)
-        return value
-
-    return wrapper
-
-
-class _FloorStorage(TaskiqMiddleware):
-    """Reference only: one encoded record per execution in a dict."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: dict[str, bytes] = {}
-
-    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        self.records[f"task:{message.task_id}"] = _VALUES.encode(
-            {
-                "task_id": message.task_id,
-                "pipeline_id": None,
-                "task_name": message.task_name,
-                "is_err": result.is_err,
-                "return_value": _JSON.encode(result.return_value).decode(),
-                "error": None,
-                "execution_time": result.execution_time,
-                "finished_at": time.time(),
-            }
-        )
-
+sys.path.insert(0, str(Path(__file__).parent))
+import _reference  # a sibling module of this script, found through sys.path
 
 # -- the benchmark ------------------------------------------------------------------------
 
 
 def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, Any, Any]:
-    """``kind``: ``"bare"``, ``"stack"`` (both middlewares) or ``"floor"`` (reference)."""
+    """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"lean"`` or ``"floor"``."""
     broker = InMemoryBroker(await_inplace=True, max_stored_results=n * 4)
     if kind == "stack":
         broker.add_middlewares(
             CacheMiddleware(InMemoryCacheAdapter(max_entries=n * 4)),
             StorageMiddleware(InMemoryStorageAdapter(max_entries=n * 4)),
         )
-    elif kind == "floor":
-        broker.add_middlewares(_FloorCache(), _FloorStorage())
 
     @broker.task
     async def work(x: int) -> int:
@@ -130,11 +60,8 @@ def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, Any, Any]:
         await asyncio.sleep(0.02)
         return x
 
-    if kind == "floor":
-        for task in (work, slow):
-            found = broker.find_task(task.task_name)
-            if found is not None:
-                found.original_func = _floor_wrap(found.original_func)
+    if kind in {"floor", "lean"}:
+        _reference.install(broker, kind, n * 4)
     return broker, work, slow
 
 
@@ -212,7 +139,7 @@ async def main() -> None:
     args = parser.parse_args()
     n, repeat = args.tasks, args.repeat
 
-    miss = await compare(False, n, repeat, ["bare", "stack", "floor"])
+    miss = await compare(False, n, repeat, ["bare", "stack", "lean", "floor"])
     hit = await compare(True, n, repeat, ["bare", "stack"])
 
     broker, _, slow = make_broker("stack", 1000)
@@ -232,12 +159,15 @@ async def main() -> None:
 
     rows = [
         ("all-miss tasks/s", miss["bare"], miss["stack"], miss["stack"] / miss["bare"], ">= 0.70"),
-        (
-            "all-miss tasks/s, floor reference",
-            miss["bare"],
-            miss["floor"],
-            miss["floor"] / miss["bare"],
-            "-",
+        *(
+            (
+                f"all-miss tasks/s, {kind} reference",
+                miss["bare"],
+                miss[kind],
+                miss[kind] / miss["bare"],
+                "-",
+            )
+            for kind in ("lean", "floor")
         ),
         (
             "all-miss overhead, us/task",
@@ -250,11 +180,11 @@ async def main() -> None:
         ("20 ms task: execute vs hit (ms)", exec_s * 1e3, hit_s * 1e3, exec_s / hit_s, ">= 20"),
     ]
     if args.opcodes:
-        ops = {kind: await count_opcodes(kind) for kind in ("bare", "stack", "floor")}
+        ops = {kind: await count_opcodes(kind) for kind in ("bare", "stack", "lean", "floor")}
         base = ops["bare"]
         rows += [
             (f"all-miss opcodes/task, {label}", base, ops[kind], base / ops[kind], "-")
-            for label, kind in (("both", "stack"), ("floor", "floor"))
+            for label, kind in (("both", "stack"), ("lean", "lean"), ("floor", "floor"))
         ]
     if args.json:
         print(
