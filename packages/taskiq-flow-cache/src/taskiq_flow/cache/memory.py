@@ -145,8 +145,9 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
 
     @property
     def _in_process(self) -> bool:
-        # Every primitive below completes without suspending (a subclass that awaits
-        # in them must return False here).
+        # Every primitive below completes without suspending, and the lock then reads and
+        # writes through _read_now/_store_now only: a subclass that awaits in, or
+        # overrides, _read_raw/_acquire_lease/_commit must return False here.
         return True
 
     async def _read_raw(self, key: str) -> bytes | None:
