@@ -137,12 +137,9 @@ class StorageMiddleware(TaskiqMiddleware):
             elif _labels.LABEL_CACHE_HIT in result.labels:
                 # Set by the sender, not by a cache: the result must not claim a hit.
                 del result.labels[_labels.LABEL_CACHE_HIT]
-            if pipeline_id is None:
-                if cached and not self.store_cache_hits:
-                    return
-                key = "task:" + message.task_id
-            else:
-                key = f"pipeline:{pipeline_id}:task:{message.task_id}"
+            if cached and pipeline_id is None and not self.store_cache_hits:
+                return
+            key = record_key(message.task_id, pipeline_id)
             record = build_record(message, result, pipeline_id=pipeline_id, cached=cached)
             if self._buffer:
                 # Storage is known to be failing: keep order, let the flusher retry.
