@@ -25,12 +25,13 @@ import operator
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
+
+from taskiq_flow.middlewares.storage import utc_now_iso
 
 _KEYS = msgspec.msgpack.Encoder(order="deterministic")
 _VALUES = msgspec.msgpack.Encoder()
@@ -116,18 +117,6 @@ class _Decision:
 
 
 _LEAN: contextvars.ContextVar[_Decision | None] = contextvars.ContextVar("lean", default=None)
-_second: tuple[int, str] = (-1, "")
-
-
-def _iso_now() -> str:
-    global _second  # noqa: PLW0603
-    now = time.time()
-    second, text = _second
-    if int(now) != second:
-        second = int(now)
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (second, text)
-    return "%s.%06d+00:00" % (text, (now - second) * 1_000_000)  # noqa: UP031
 
 
 class _LeanCache(TaskiqMiddleware):
@@ -240,7 +229,7 @@ class _LeanStorage(TaskiqMiddleware):
             "return_value": _JSON.encode(result.return_value).decode(),
             "error": None,
             "execution_time": float(result.execution_time),
-            "finished_at": _iso_now(),
+            "finished_at": utc_now_iso(),  # the shipped helper
         }
         if self.buffer:
             return
