@@ -8,8 +8,9 @@ Side by side in one run (rounds interleaved, so machine noise hits every broker 
   hot-path work flattened into one wrapper and one hook, and ``floor``, the least any
   cache + storage pair can do inside taskiq.
 
-Workloads: all-miss (every call distinct) and all-hit (one call repeated); and, for a
-task that sleeps 20 ms, the latency of a cache hit vs an execution.
+Workloads: all-miss (every call distinct) and all-hit (one call repeated) of a task that
+does nothing; all-miss of a task doing 1 ms of CPU work; and, for a task that sleeps
+20 ms, the latency of a cache hit vs an execution.
 
 ``--opcodes`` also counts the Python opcodes each broker executes per all-miss task
 (``sys.settrace``): a figure that machine noise cannot move, for comparing changes.
@@ -42,8 +43,11 @@ import _reference  # a sibling module of this script, found through sys.path
 # -- the benchmark ------------------------------------------------------------------------
 
 
-def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, Any, Any]:
-    """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"lean"`` or ``"floor"``."""
+def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, dict[str, Any]]:
+    """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"lean"`` or ``"floor"``.
+
+    Tasks: ``work`` (does nothing), ``busy`` (1 ms of CPU), ``slow`` (sleeps 20 ms).
+    """
     broker = InMemoryBroker(await_inplace=True, max_stored_results=n * 4)
     if kind == "stack":
         broker.add_middlewares(
@@ -56,13 +60,20 @@ def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, Any, Any]:
         return x * 2
 
     @broker.task
+    async def busy(x: int) -> int:
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.001:
+            pass
+        return x
+
+    @broker.task
     async def slow(x: int) -> int:
         await asyncio.sleep(0.02)
         return x
 
     if kind in {"floor", "lean"}:
         _reference.install(broker, kind, n * 4)
-    return broker, work, slow
+    return broker, {"work": work, "busy": busy, "slow": slow}
 
 
 async def _one_round(work: Any, hit: bool, n: int, offset: int) -> float:
@@ -72,23 +83,25 @@ async def _one_round(work: Any, hit: bool, n: int, offset: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def compare(hit: bool, n: int, repeat: int, kinds: list[str]) -> dict[str, float]:
+async def compare(
+    hit: bool, n: int, repeat: int, kinds: list[str], task: str = "work"
+) -> dict[str, float]:
     """Median tasks/s of each kind of broker, rounds interleaved."""
     brokers = {kind: make_broker(kind, n) for kind in kinds}
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for broker, _, _ in brokers.values():
+    for broker, _ in brokers.values():
         await broker.startup()
     try:
-        for _, work, _ in brokers.values():
-            await _one_round(work, hit, 50, 10**8)  # warm up (imports, caches)
+        for _, tasks in brokers.values():
+            await _one_round(tasks[task], hit, 50, 10**8)  # warm up (imports, caches)
         for r in range(repeat):
             # Rotate who goes first so that drift in machine load hits all alike.
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
             for kind in order:
-                work = brokers[kind][1]
+                work = brokers[kind][1][task]
                 samples[kind].append(await _one_round(work, hit, n, (r + 1) * n * 10))
     finally:
-        for broker, _, _ in brokers.values():
+        for broker, _ in brokers.values():
             await broker.shutdown()
     return {kind: statistics.median(values) for kind, values in samples.items()}
 
@@ -104,7 +117,8 @@ async def latency(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
 
 async def count_opcodes(kind: str, tasks: int = 1000) -> float:
     """Python opcodes executed per all-miss task (deterministic, unlike time)."""
-    broker, work, _ = make_broker(kind, 500)
+    broker, named = make_broker(kind, 500)
+    work = named["work"]
     await broker.startup()
     for i in range(300):  # warm up: first calls build caches, signatures, wrappers
         await work.kiq(10**7 + i)
@@ -141,8 +155,10 @@ async def main() -> None:
 
     miss = await compare(False, n, repeat, ["bare", "stack", "lean", "floor"])
     hit = await compare(True, n, repeat, ["bare", "stack"])
+    busy = await compare(False, max(n // 5, 20), repeat, ["bare", "stack"], task="busy")
 
-    broker, _, slow = make_broker("stack", 1000)
+    broker, stack_tasks = make_broker("stack", 1000)
+    slow = stack_tasks["slow"]
     await broker.startup()
     counter = iter(range(10**9))
 
@@ -177,6 +193,13 @@ async def main() -> None:
             "(ratio col: us added)",
         ),
         ("all-hit tasks/s", hit["bare"], hit["stack"], hit["stack"] / hit["bare"], "-"),
+        (
+            "all-miss tasks/s, 1 ms CPU task",
+            busy["bare"],
+            busy["stack"],
+            busy["stack"] / busy["bare"],
+            "-",
+        ),
         ("20 ms task: execute vs hit (ms)", exec_s * 1e3, hit_s * 1e3, exec_s / hit_s, ">= 20"),
     ]
     if args.opcodes:
