@@ -232,7 +232,7 @@ class DogpileLock:
             seen=payload,
         )
 
-    async def _create_alone(  # noqa: PLR0912 - _miss + _create flattened (see docstring)
+    async def _create_alone(
         self, key: str, creator: Creator, ttl_seconds: int | None, stale_ttl: int | None
     ) -> Any:
         """A miss on an in-process backend that nobody here is filling yet.
@@ -246,7 +246,7 @@ class DogpileLock:
         flights[key] = _PENDING
         try:
             try:
-                if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
+                if _is_async_function(creator):
                     value = await creator()
                 else:
                     value = await call_creator(creator)
@@ -257,10 +257,7 @@ class DogpileLock:
             except Exception:
                 self._stats.creator_errors += 1
                 raise
-            if ttl_seconds is None:
-                self._backend._store_now(key, payload, None)
-            else:
-                self._backend._store_now(key, payload, (ttl_seconds + (stale_ttl or 0)) * 1000)
+            self._backend._store_now(key, payload, _ttl_ms(ttl_seconds, stale_ttl))
         except Exception as exc:
             flight = flights.pop(key, None)  # nobody else registers while ours is there
             if isinstance(flight, asyncio.Future):

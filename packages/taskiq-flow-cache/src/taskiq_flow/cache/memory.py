@@ -83,20 +83,17 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         entries = self._entries
         if key in entries:
             del entries[key]  # re-inserted below: last in recency order
+        now = time.monotonic()
+        heap = self._expiries
         if ttl_ms is None:
             entries[key] = (payload, None)
-            heap = self._expiries
-            if heap and heap[0][0] <= time.monotonic():
-                # Drop what has expired before the LRU bound evicts a live entry.
-                self._sweep(time.monotonic())
         else:
-            now = time.monotonic()
             expires_at = now + ttl_ms / 1000
             entries[key] = (payload, expires_at)
-            heap = self._expiries
             heapq.heappush(heap, (expires_at, key))
-            if heap[0][0] <= now or len(heap) > 2 * len(entries) + 64:
-                self._sweep(now)
+        # Drop what has expired before the LRU bound below can evict a live entry.
+        if heap and (heap[0][0] <= now or len(heap) > 2 * len(entries) + 64):
+            self._sweep(now)
         max_entries = self.max_entries
         if max_entries is not None and len(entries) > max_entries:
             while len(entries) > max_entries:
