@@ -24,7 +24,6 @@ from taskiq_flow.middlewares.errors import CachedTaskError
 logger = logging.getLogger("taskiq_flow.middlewares")
 
 __all__ = [
-    "ENCODE_ERRORS",
     "KEY_FORMAT",
     "Binder",
     "CachedValue",
@@ -36,7 +35,6 @@ __all__ = [
     "encode_error_payload",
     "encode_value_payload",
     "error_info",
-    "json_bytes",
     "rebuild_exception",
     "to_json_text",
 ]
@@ -69,10 +67,6 @@ KEY_FORMAT = b"taskiq-flow-k2"
 """BLAKE2b personalisation of key digests: a new canonical form gets a new one, so a key
 written by one version can never equal a different call's key in another (rolling
 deploys share a Redis cache)."""
-
-ENCODE_ERRORS = _ENCODE_ERRORS
-json_bytes = _JSON_ENCODER.encode
-"""JSON of a value, for a hot path that handles :data:`ENCODE_ERRORS` itself."""
 
 
 class Unencodable(Exception):
@@ -219,10 +213,7 @@ class Binder:
     def digest(self, args: list[Any], kwargs: dict[str, Any]) -> str:
         """Stable digest of one call's arguments (see :func:`cache_key_digest`)."""
         try:
-            if self.plain and not kwargs and len(args) == len(self.names):
-                encoded = _KEY_ENCODER.encode(args)  # canonical()'s first case, inlined
-            else:
-                encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
+            encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
         except _ENCODE_ERRORS as exc:
             raise Unencodable(str(exc)) from exc
         return blake2b(encoded, digest_size=16, person=KEY_FORMAT).hexdigest()

@@ -216,26 +216,7 @@ class CacheMiddleware(TaskiqMiddleware):
         # (after the lift: kiq(..., labels={"cache_hit": ...}) is the sender too).
         if _labels.LABEL_CACHE_HIT in labels:
             del labels[_labels.LABEL_CACHE_HIT]
-        if (labels and not _labels.OUR_LABELS.isdisjoint(labels)) or not self.enabled:
-            decision = self._decide(message, known[3])
-        else:
-            # The usual message: no label of ours, so the defaults and the digest key.
-            try:
-                key = f"{task_name}:{known[3].digest(message.args, message.kwargs)}"
-            except _codec.Unencodable as exc:
-                self._unencodable(message, exc)
-                decision = None
-            else:
-                decision = None
-                if self.default_ttl:
-                    decision = _Call(
-                        self,
-                        message,
-                        key,
-                        self.default_ttl,
-                        self.cache_errors,
-                        asyncio.get_running_loop(),
-                    )
+        decision = self._decide(message, known[3])
         if decision is None:
             self._counters["bypassed"] += 1
         _CURRENT.set(decision)
@@ -262,6 +243,7 @@ class CacheMiddleware(TaskiqMiddleware):
         ttl, cache_errors = self.default_ttl, self.cache_errors
         explicit = None
         labels = message.labels
+        # Most messages carry none of our labels: the defaults and the digest key.
         if labels and not _labels.OUR_LABELS.isdisjoint(labels):
             if not _labels.parse_bool(message, _labels.LABEL_CACHE, default=True):
                 return None
@@ -278,18 +260,15 @@ class CacheMiddleware(TaskiqMiddleware):
             try:
                 digest = binder.digest(message.args, message.kwargs)
             except _codec.Unencodable as exc:
-                self._unencodable(message, exc)
+                self._counters["uncacheable_args"] += 1
+                self._warn_once(
+                    message.task_name,
+                    "Task %s runs uncached: its arguments cannot be encoded (%s).",
+                    exc,
+                )
                 return None
             key = f"{message.task_name}:{digest}"
         return _Call(self, message, key, ttl, cache_errors, asyncio.get_running_loop())
-
-    def _unencodable(self, message: TaskiqMessage, exc: Exception) -> None:
-        self._counters["uncacheable_args"] += 1
-        self._warn_once(
-            message.task_name,
-            "Task %s runs uncached: its arguments cannot be encoded (%s).",
-            exc,
-        )
 
     def _warn_once(self, task_name: str, template: str, detail: object) -> None:
         if task_name in self._warned_tasks:

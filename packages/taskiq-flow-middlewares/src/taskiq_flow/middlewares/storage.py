@@ -23,7 +23,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from taskiq_flow.middlewares import _codec, _labels
-from taskiq_flow.middlewares.cache import _CURRENT as _CACHE_CALL
+from taskiq_flow.middlewares.cache import answered_from_cache
 from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
 
 __all__ = ["StorageMiddleware", "record_key"]
@@ -127,9 +127,7 @@ class StorageMiddleware(TaskiqMiddleware):
             pipeline_id = message.labels.get(_labels.LABEL_PIPELINE_ID)
             if pipeline_id is not None:
                 pipeline_id = str(pipeline_id) or None
-            # answered_from_cache(message), inlined: this runs for every task.
-            call = _CACHE_CALL.get()
-            cached = call is not None and call.hit and call.message.task_id == message.task_id
+            cached = answered_from_cache(message)
             if cached:
                 # Also when a middleware between the two copied the message: the
                 # cache marked the labels of the message it saw.
@@ -294,8 +292,8 @@ def build_record(
         error = {"type": info.type_name, "message": info.message}
     else:
         try:
-            return_value = _codec.json_bytes(result.return_value).decode()
-        except _codec.ENCODE_ERRORS as exc:
+            return_value = _codec.to_json_text(result.return_value)
+        except _codec.Unencodable as exc:
             # The task succeeded; only its record cannot hold the value. Say so.
             error = {
                 "type": "taskiq_flow.ReturnValueNotSerializable",
