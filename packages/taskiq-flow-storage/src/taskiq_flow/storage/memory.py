@@ -16,13 +16,11 @@ from taskiq_flow.storage.base import (
     check_pattern,
     check_ttl,
 )
-from taskiq_flow.storage.codec import _ENCODE_ERRORS, _ENCODER, decode, encode
+from taskiq_flow.storage.codec import decode, encode
 from taskiq_flow.storage.errors import StorageConfigError
 from taskiq_flow.storage.glob import compile_glob
 
 __all__ = ["InMemoryStorageAdapter"]
-
-_encode = _ENCODER.encode
 
 # (encoded value, created_at, expires_at) as epoch seconds.
 _Item = tuple[bytes, float, float | None]
@@ -102,13 +100,9 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
-        if type(key) is not str or not key or not key.isascii():
-            check_key(key)  # the rare key: let the full check accept it or say why not
-        ttl = self.ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
-        try:
-            blob = _encode(value)
-        except _ENCODE_ERRORS:
-            blob = encode(key, value)  # fails again, with the error that names key and type
+        check_key(key)
+        ttl = self._ttl(ttl_seconds)
+        blob = encode(key, value)
         now = time.time()
         self._put(key, (blob, now, None if ttl is None else now + ttl))
 
