@@ -162,6 +162,17 @@ async def call_creator(creator: Creator) -> Any:
 _SAME_WHEN_DECODED = frozenset({bytes, str, int, float, bool, type(None)})
 
 
+def _as_returned(key: str, value: Any, payload: bytes) -> Any:
+    """What a creator's caller gets: what a later hit would return, not the creator's object.
+
+    That is a decoded copy of ``payload``, except for the immutable types above.
+    """
+    if type(value) in _SAME_WHEN_DECODED:
+        return value
+    entry = decode_entry(key, payload)
+    return value if entry is None else entry.value
+
+
 def _is_async_function(func: object) -> bool:
     """A cheap ``inspect.iscoroutinefunction`` for the usual case (a plain ``async def``).
 
@@ -269,12 +280,7 @@ class DogpileLock:
                 _settle(flight, _LeaderGone())
             raise
         self._stats.regenerations += 1
-        if type(value) not in _SAME_WHEN_DECODED:
-            # Callers get what a later hit would return (a decoded copy), not the
-            # creator's object.
-            entry = decode_entry(key, payload)
-            if entry is not None:
-                value = entry.value
+        value = _as_returned(key, value, payload)
         flight = flights.pop(key, None)
         if isinstance(flight, asyncio.Future):
             flight.set_result(value)  # someone joined while we were creating
@@ -406,9 +412,7 @@ class DogpileLock:
             if not req.fallback_on_error:
                 raise
             logger.warning("could not store the new value of %r; returning it uncached", key)
-        # Callers get what a later hit would return (a decoded copy), not the creator's object.
-        entry = decode_entry(key, payload)
-        return value if entry is None else entry.value
+        return _as_returned(key, value, payload)
 
     async def _heartbeat(self, key: str, token: str, lease: float) -> None:
         interval = lease / 3
