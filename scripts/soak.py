@@ -45,7 +45,7 @@ from taskiq import InMemoryBroker
 from taskiq_flow.cache import InMemoryCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.storage import InMemoryStorageAdapter
-from taskiq_flow_testing import RedisServer, WorkerProcess
+from taskiq_flow_testing import RedisServer, WorkerProcess, group_rss_kib
 
 APP_DIR = Path(__file__).resolve().parents[1] / "tests-integration" / "faults" / "apps"
 HOT = 500
@@ -54,23 +54,6 @@ CONNECTION_SLACK = 24
 
 def _job(i: int) -> tuple[int, str]:
     return ((i // 2) % HOT, "hot") if i % 2 else (i, "cold")
-
-
-def _group_rss_kib(pgid: int) -> int:
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
 
 
 async def _count(client: aioredis.Redis, pattern: str) -> int:
@@ -115,7 +98,7 @@ async def soak_workers(
 
     async def sample(done: int) -> None:
         clients = len(await client.client_list())
-        rss = [_group_rss_kib(w.proc.pid) for w in workers if w.proc is not None]
+        rss = [group_rss_kib(w.proc.pid) for w in workers if w.proc is not None]
         locks = await _count(client, "taskiq_flow_cache:lock:*")
         samples.append({"sent": done, "clients": clients, "rss_kib": rss, "locks": locks})
 

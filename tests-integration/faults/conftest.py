@@ -65,26 +65,6 @@ class Cluster:
         raise LookupError(pid)
 
 
-def group_rss_kib(pgid: int) -> int:
-    """Resident memory (KiB) of every process in the process group ``pgid``."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            # Fields after the command name (which may hold spaces) start at ")".
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 async def wait_result(task: Any, timeout: float, interval: float = 0.05) -> Any | None:
     """The task's result, or ``None`` after ``timeout`` (server errors count as not yet)."""
     deadline = time.monotonic() + timeout
