@@ -17,6 +17,7 @@ import pytest
 from taskiq_flow.cache import (
     BaseCacheAdapter,
     CacheError,
+    CacheKeyError,
     CacheLockTimeout,
     CacheSerializationError,
     CacheValueError,
@@ -30,7 +31,7 @@ CacheFactory = Callable[..., BaseCacheAdapter]
 async def write_raw(cache: BaseCacheAdapter, key: str, payload: bytes) -> None:
     """Put raw (possibly corrupt) bytes under ``key``, bypassing the codec."""
     if isinstance(cache, InMemoryCacheAdapter):
-        cache._store_now(key, payload, None)
+        await cache._commit(key, "", payload, None)  # the backend hook that stores bytes
     else:
         await cache.client.set(cache.key_prefix + "v:" + key, payload)  # type: ignore[attr-defined]
 
@@ -381,14 +382,26 @@ async def test_bad_ttl_is_a_value_error(cache: BaseCacheAdapter, ttl: Any) -> No
     assert await cache.get("k") is None
 
 
-@pytest.mark.parametrize("key", ["", 5, None, b"k"])
-async def test_bad_key_is_a_value_error(cache: BaseCacheAdapter, key: Any) -> None:
-    with pytest.raises(CacheValueError):
-        await cache.set(key, 1)
-    with pytest.raises(CacheValueError):
-        await cache.get(key)
-    with pytest.raises(CacheValueError):
-        await cache.get_or_create(key, lambda: 1)
+@pytest.mark.parametrize("key", ["", 5, None, b"k", "\udc80", "caf\u00e9\ud800"])
+async def test_bad_key_is_a_cache_key_error_on_every_method(
+    cache: BaseCacheAdapter, key: Any
+) -> None:
+    # One rule for every backend (the storage package's): the lone surrogates used to
+    # pass the in-memory cache and crash the Redis one with a bare UnicodeEncodeError.
+    created: list[int] = []
+    for call in (
+        lambda: cache.set(key, 1),
+        lambda: cache.get(key),
+        lambda: cache.delete(key),
+        lambda: cache.invalidate(key),
+        lambda: cache.get_or_create(key, lambda: created.append(1)),
+    ):
+        with pytest.raises(CacheKeyError) as info:
+            await call()
+        assert isinstance(info.value, CacheValueError)
+        assert isinstance(info.value, TypeError | ValueError)
+        assert info.value.key == key
+    assert created == []
 
 
 async def test_unencodable_value_is_a_serialization_error(cache: BaseCacheAdapter) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from taskiq_flow.cache import CacheValueError, InMemoryCacheAdapter
+from taskiq_flow.cache.codec import encode_entry
 
 
 async def test_max_entries_evicts_the_least_recently_used() -> None:
@@ -38,7 +39,7 @@ async def test_overwrites_keep_the_expiry_index_bounded() -> None:
     for i in range(5000):
         await cache.set("same", i, ttl_seconds=60)
     assert len(cache) == 1
-    assert len(cache._expiries) <= 2 * len(cache) + 65
+    assert len(cache._store._expiries) <= 2 * len(cache) + 65
     assert await cache.get("same") == 4999
 
 
@@ -62,7 +63,7 @@ def test_bad_max_wait() -> None:
 async def test_no_expiry_when_default_ttl_is_none() -> None:
     cache = InMemoryCacheAdapter(default_ttl=None)
     await cache.set("k", 1)
-    assert cache._entries["k"][1] is None
+    assert cache._store.get("k", 0.0)[2] is None  # type: ignore[index]
 
 
 async def test_a_write_without_ttl_drops_expired_entries_before_evicting_live_ones() -> None:
@@ -74,3 +75,46 @@ async def test_a_write_without_ttl_drops_expired_entries_before_evicting_live_on
     assert await cache.get("live") == 1
     assert await cache.get("new") == 3
     assert len(cache) == 2
+
+
+class _Layered(InMemoryCacheAdapter):
+    """A subclass that answers reads from a read-through layer of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        self.reads.append(key)
+        found = self.layer.get(key)
+        return found if found is not None else await super()._read_raw(key)
+
+
+async def test_a_subclass_overriding_the_read_hook_is_honoured_by_get_or_create() -> None:
+    # The lock has one path for every backend: no in-memory shortcut bypasses _read_raw.
+    cache = _Layered()
+    cache.layer["warm"] = encode_entry("warm", "from the layer")
+    calls: list[str] = []
+
+    async def creator() -> str:
+        calls.append("ran")
+        return "created"
+
+    assert await cache.get_or_create("warm", creator, 60) == "from the layer"
+    assert calls == []
+    assert await cache.get_or_create("cold", creator, 60) == "created"
+    assert calls == ["ran"]
+    assert "warm" in cache.reads
+    assert cache.reads.count("cold") >= 1
+
+
+async def test_close_keeps_the_entries_and_clear_removes_them() -> None:
+    # One rule for both in-memory adapters: close() releases connections (none here).
+    cache = InMemoryCacheAdapter()
+    await cache.set("k", 1)
+    await cache.close()
+    await cache.close()
+    assert await cache.get("k") == 1
+    assert await cache.clear() == 1
+    assert await cache.get("k") is None

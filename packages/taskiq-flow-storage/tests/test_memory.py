@@ -39,8 +39,8 @@ def test_bad_max_entries(bad: object) -> None:
 async def test_values_are_held_encoded() -> None:
     storage = InMemoryStorageAdapter()
     await storage.set("k", {"a": 1})
-    assert isinstance(storage._data["k"][0], bytes)
-    storage._data["k"] = (b"\xc1", *storage._data["k"][1:])
+    assert isinstance(storage._store._data["k"][0], bytes)
+    storage._store._data["k"] = (b"\xc1", *storage._store._data["k"][1:])
     with pytest.raises(Exception, match="'k'") as info:
         await storage.get("k")
     assert type(info.value).__name__ == "StorageCorruptError"
@@ -54,6 +54,6 @@ async def test_expired_entries_nobody_reads_do_not_accumulate() -> None:
     await asyncio.sleep(1.05)
     for i in range(10):
         await storage.set(f"new{i}", i, ttl_seconds=60)
-    assert len(storage._data) == 10
-    assert len(storage._expiries) <= 2 * 10 + 64
+    assert len(storage._store._data) == 10
+    assert len(storage._store._expiries) <= 2 * 10 + 64
     assert await storage.cleanup() == 0

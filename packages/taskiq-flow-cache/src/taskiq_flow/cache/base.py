@@ -13,45 +13,39 @@ from types import TracebackType
 from typing import Any, Self
 
 from taskiq_flow.cache.codec import decode_entry
-from taskiq_flow.cache.errors import CacheValueError
+from taskiq_flow.cache.errors import CacheKeyError, CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
 from taskiq_flow.cache.stats import CacheStats
+from taskiq_flow.storage.kit.checks import check_key, check_seconds, check_ttl
 
-__all__ = ["BaseCacheAdapter", "check_key", "check_ttl"]
+__all__ = ["BaseCacheAdapter", "check_cache_key", "check_cache_seconds", "check_cache_ttl"]
 
 
-def check_ttl(ttl: object, name: str = "ttl_seconds") -> int | None:
-    """Return ``ttl`` if it is ``None`` or a positive ``int``.
+def check_cache_key(key: object) -> str:
+    """Return ``key`` if it is a usable cache key (the storage package's key rules).
+
+    Raises:
+        CacheKeyError: not a ``str``, empty, or not encodable as UTF-8.
+    """
+    return check_key(key, CacheKeyError)
+
+
+def check_cache_ttl(ttl: object, name: str = "ttl_seconds") -> int | None:
+    """Return ``ttl`` if it is ``None`` or a positive ``int`` (the storage package's rule).
 
     Raises:
         CacheValueError: zero, negative, a float, a bool or any other type.
     """
-    if ttl is None:
-        return None
-    if type(ttl) is not int or ttl <= 0:
-        msg = f"{name} must be a positive int (seconds) or None, got {ttl!r}"
-        raise CacheValueError(msg)
-    return ttl
+    return check_ttl(ttl, name, CacheValueError.about)
 
 
-def check_key(key: object) -> str:
-    """Return ``key`` if it is a non-empty ``str``.
+def check_cache_seconds(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a positive number of seconds.
 
     Raises:
-        CacheValueError: an empty string or a non-string.
+        CacheValueError: anything else.
     """
-    if isinstance(key, str) and key:
-        return key
-    msg = f"cache keys are non-empty strings, got {key!r}"
-    raise CacheValueError(msg)
-
-
-def check_seconds(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a positive number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        msg = f"{name} must be a positive number of seconds, got {value!r}"
-        raise CacheValueError(msg)
-    return float(value)
+    return check_seconds(value, name, CacheValueError.about)
 
 
 class BaseCacheAdapter(ABC):
@@ -82,17 +76,18 @@ class BaseCacheAdapter(ABC):
         fallback_on_error: bool,
         stale_ttl: int | None = None,
     ) -> None:
-        self.default_ttl = check_ttl(default_ttl, "default_ttl")
-        self.default_stale_ttl = check_ttl(stale_ttl, "stale_ttl")
+        self.default_ttl = check_cache_ttl(default_ttl, "default_ttl")
+        self.default_stale_ttl = check_cache_ttl(stale_ttl, "stale_ttl")
         self.fallback_on_error = bool(fallback_on_error)
         self._stats = CacheStats()
-        self._lock = DogpileLock(self, self._stats, max_wait=check_seconds(max_wait, "max_wait"))
+        max_wait = check_cache_seconds(max_wait, "max_wait")
+        self._lock = DogpileLock(self, self._stats, max_wait=max_wait)
 
     # -- storage ---------------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value under ``key`` (stale or not), or ``default``. One backend read."""
-        check_key(key)
+        check_cache_key(key)
         payload = await self._read_raw(key)
         if payload is not None:
             entry = decode_entry(key, payload)
@@ -172,9 +167,11 @@ class BaseCacheAdapter(ABC):
             CacheValueError: a bad key or TTL.
             Exception: whatever ``creator`` raised, unchanged (nothing is cached).
         """
-        check_key(key)
-        ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
-        stale = self.default_stale_ttl if stale_ttl is None else check_ttl(stale_ttl, "stale_ttl")
+        check_cache_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
+        stale = (
+            self.default_stale_ttl if stale_ttl is None else check_cache_ttl(stale_ttl, "stale_ttl")
+        )
         if stale is not None and ttl is None:
             msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
             raise CacheValueError(msg)
@@ -191,41 +188,40 @@ class BaseCacheAdapter(ABC):
         """
         return self._stats.snapshot(self._scope)
 
-    # -- lease primitives (see taskiq_flow.cache.lock.LockBackend) ----------------------------
+    # -- lease primitives: the protected hooks of taskiq_flow.cache.lock.LockBackend ------
+    #
+    # Every adapter implements each of them; the lock calls them and nothing else, so a
+    # subclass overriding one (say _read_raw) is honoured on every path.
 
     @property
     def _lease_seconds(self) -> float | None:
+        """Lease period; ``None``: no cross-process lease (the single flight decides)."""
         return None
 
     @property
     def _poll_interval(self) -> float:
+        """Longest a waiter blocks before it re-checks the value and the lease."""
         return 0.1
 
-    @property
-    def _in_process(self) -> bool:
-        return False
-
-    def _read_now(self, key: str) -> bytes | None:
-        raise NotImplementedError  # only backends whose _in_process is True provide it
-
-    def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
-        raise NotImplementedError  # only backends whose _in_process is True provide it
-
     @abstractmethod
-    async def _read_raw(self, key: str) -> bytes | None: ...
+    async def _read_raw(self, key: str) -> bytes | None:
+        """The stored entry bytes under a checked ``key``, or ``None``."""
 
     @abstractmethod
     async def _acquire_lease(
         self, key: str, token: str, *, ignore: bytes | None
-    ) -> LeaseResult: ...
+    ) -> LeaseResult:
+        """See :meth:`taskiq_flow.cache.lock.LockBackend._acquire_lease`."""
 
     async def _renew_lease(self, key: str, token: str) -> bool:
+        """Extend the lease if ``token`` still holds it (no lease: nothing to renew)."""
         return True
 
     @abstractmethod
     async def _commit(
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
-    ) -> None: ...
+    ) -> None:
+        """See :meth:`taskiq_flow.cache.lock.LockBackend._commit`."""
 
     async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
         """Sleep ``within`` seconds; backends with a push wake-up override this."""

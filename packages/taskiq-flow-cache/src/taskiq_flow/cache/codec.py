@@ -5,9 +5,10 @@ later never changes the cache) and every backend agrees on what is encodable: wh
 msgspec's msgpack encoder accepts (builtins, bytes, datetime, UUID, Decimal, enums,
 dataclasses, msgspec Structs). ``soft_expiry`` is a Unix timestamp (wall clock, so that
 processes agree) after which the entry is *stale*: still served, but due for regeneration.
-Hard expiry belongs to the backend (Redis ``PX``, the in-memory adapter's own clock).
+Hard expiry belongs to the backend (Redis ``PX``, the in-memory adapter's own store).
 
-This module deliberately does not import ``taskiq_flow.storage``: the packages stand alone.
+The format is the cache's own (the storage package's codec stores bare values); both use
+one module-level msgspec encoder and decoder each, as msgspec advises.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The exceptions of ``taskiq_flow.cache``: one root, a leaf per failure.
 
 Leaves also inherit the builtin meaning where one exists, so callers may catch either
-``CacheSerializationError`` or plain ``TypeError``. Driver exceptions (``redis.RedisError``)
-never escape an adapter: they are mapped to ``CacheConnectionError`` or ``CacheBackendError``.
+``CacheSerializationError`` or plain ``TypeError``. Driver exceptions (``redis.RedisError``,
+``OSError``) never escape an adapter method, ``close()`` included: the storage package's
+Redis layer maps them to ``CacheConnectionError`` or ``CacheBackendError``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ __all__ = [
     "CacheBackendError",
     "CacheConnectionError",
     "CacheError",
+    "CacheKeyError",
     "CacheLockTimeout",
     "CacheSerializationError",
     "CacheValueError",
@@ -23,6 +25,20 @@ class CacheError(Exception):
 
 class CacheValueError(CacheError, ValueError):
     """An argument is out of range: a TTL, a key, a timeout or an adapter option."""
+
+    @classmethod
+    def about(cls, value: object, reason: str) -> CacheValueError:
+        """The error for ``value``, explained by ``reason`` (an argument-check factory)."""
+        return cls(reason)
+
+
+class CacheKeyError(CacheValueError, TypeError):
+    """A key that is not a non-empty ``str`` encodable as UTF-8 (the storage rules)."""
+
+    def __init__(self, key: object, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"invalid cache key {key!r}: {reason}")
 
 
 class CacheConnectionError(CacheError, ConnectionError):

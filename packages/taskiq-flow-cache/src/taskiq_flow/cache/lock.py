@@ -29,21 +29,22 @@ distributed cache needs on top:
    and waiters in other processes are woken and retry (an exception cannot cross a
    process boundary without pickle, which this package never uses).
 
-The algorithm is written once here and shared by both adapters through :class:`LockBackend`.
+The algorithm is written once here, one path for every backend, and shared by both adapters
+through :class:`LockBackend`: an in-memory backend is fast because its lease is a no-op (no
+token, no heartbeat, a re-read for an acquire), not because it has a path of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from inspect import CO_COROUTINE
 from types import FunctionType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
+from taskiq_flow.cache.backend import Creator, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import decode_entry, encode_entry
 from taskiq_flow.cache.errors import (
     CacheBackendError,
@@ -56,69 +57,7 @@ __all__ = ["Creator", "DogpileLock", "LeaseResult", "LockBackend", "call_creator
 
 logger = logging.getLogger("taskiq_flow.cache")
 
-Creator = Callable[[], Any] | Callable[[], Awaitable[Any]]
-"""A zero-argument callable producing the value: sync (run in a thread) or async."""
-
 _BACKEND_ERRORS = (CacheConnectionError, CacheBackendError)
-
-
-class LeaseResult(NamedTuple):
-    """Outcome of one lease attempt."""
-
-    payload: bytes | None
-    """The stored entry, when one appeared (only if the attempt asked to check)."""
-    acquired: bool
-    """Whether this caller now holds the lease."""
-    holder: str | None
-    """The current holder's token when the lease is taken by someone else."""
-
-
-class LockBackend(Protocol):
-    """What the lock needs from an adapter. Each method is one backend round trip."""
-
-    @property
-    def _lease_seconds(self) -> float | None:
-        """Lease period; ``None`` when there is no cross-process lease (in-memory)."""
-
-    @property
-    def _in_process(self) -> bool:
-        """Whether the entries live in this process, read and written without suspending.
-
-        Then nothing can change between a miss being read and the flight being
-        registered, so the single flight alone elects the creator: the lease round trip
-        (which would only re-read what was just read) is skipped, and the lock uses
-        :meth:`_read_now` and :meth:`_store_now` instead of their coroutine forms.
-        """
-
-    def _read_now(self, key: str) -> bytes | None:
-        """:meth:`_read_raw` without a coroutine (only called when ``_in_process``)."""
-
-    def _store_now(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
-        """Store ``payload`` without a coroutine (only called when ``_in_process``)."""
-
-    @property
-    def _poll_interval(self) -> float:
-        """Longest a waiter blocks before it re-checks the value and the lease."""
-
-    async def _read_raw(self, key: str) -> bytes | None:
-        """The stored entry bytes, or ``None``."""
-
-    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
-        """Return the entry unless absent or equal to ``ignore``; else take or report the lease.
-
-        ``ignore`` is a stale or corrupt entry the caller has already seen.
-        """
-
-    async def _renew_lease(self, key: str, token: str) -> bool:
-        """Extend the lease if ``token`` still holds it."""
-
-    async def _commit(
-        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
-    ) -> None:
-        """Store ``payload`` (unless ``None``), release the lease if held, wake waiters."""
-
-    async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
-        """Block until ``holder`` releases (push) or ``within`` seconds pass."""
 
 
 class _Request(NamedTuple):
@@ -142,20 +81,6 @@ _PENDING = _Pending()
 
 class _LeaderGone(Exception):
     """The flight leader was cancelled: its in-process waiters start over."""
-
-
-async def call_creator(creator: Creator) -> Any:
-    """Run ``creator``: a coroutine function in this task, anything else in a thread.
-
-    Running sync creators with :func:`asyncio.to_thread` keeps the event loop (and so the
-    lease heartbeat) alive while they work; ``to_thread`` copies the caller's contextvars.
-    """
-    if inspect.iscoroutinefunction(creator):
-        return await creator()
-    result = await asyncio.to_thread(creator)
-    if inspect.isawaitable(result):
-        return await result
-    return result
 
 
 # Immutable values msgpack gives back equal and of the same type: no copy needed.
@@ -186,7 +111,7 @@ class DogpileLock:
 
     Args:
         backend: the adapter providing storage and lease primitives.
-        stats: counters to update.
+        stats: counters to update (backend failures are counted by the backend).
         max_wait: seconds a caller waits for another caller's creator before
             :class:`CacheLockTimeout`.
     """
@@ -195,11 +120,10 @@ class DogpileLock:
         self._backend = backend
         self._stats = stats
         self.max_wait = max_wait
-        # key -> the future its in-process waiters await; _PENDING while a lone creator
-        # (in-process backend) runs with nobody waiting yet: the first waiter turns it
-        # into a future, so the uncontended miss allocates none.
+        # key -> the future its in-process waiters await; _PENDING while its leader runs
+        # with nobody waiting yet: the first waiter turns it into a future, so the
+        # uncontended miss (the common one) allocates none.
         self._flights: dict[str, asyncio.Future[Any] | _Pending] = {}
-        self._alone = bool(backend._in_process)
 
     async def get_or_create(
         self,
@@ -211,18 +135,12 @@ class DogpileLock:
     ) -> Any:
         """Return the cached value for ``key``, creating it once if needed (validated args)."""
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
-        if self._alone:
-            payload = self._backend._read_now(key)
-            if payload is None and key not in self._flights:
-                self._stats.misses += 1
-                return await self._create_alone(key, creator, ttl_seconds, stale_ttl)
-        else:
-            try:
-                payload = await self._backend._read_raw(key)
-            except _BACKEND_ERRORS:
-                if not fallback_on_error:
-                    raise
-                return await self._uncached(_Request(key, creator, ttl_seconds, stale_ttl, True))
+        try:
+            payload = await self._backend._read_raw(key)
+        except _BACKEND_ERRORS:
+            if not fallback_on_error:
+                raise
+            return await self._uncached(_Request(key, creator, ttl_seconds, stale_ttl, True))
         stats = self._stats
         if payload is not None:
             entry = decode_entry(key, payload)
@@ -243,57 +161,14 @@ class DogpileLock:
             seen=payload,
         )
 
-    async def _create_alone(
-        self, key: str, creator: Creator, ttl_seconds: int | None, stale_ttl: int | None
-    ) -> Any:
-        """A miss on an in-process backend that nobody here is filling yet.
-
-        Nothing awaited since the read that missed, so the flight registered now makes
-        this caller the only creator there can be (see ``LockBackend._in_process``): no
-        lease, no heartbeat, no re-read. This is :meth:`_miss` plus :meth:`_create` for
-        that case, flattened because every miss of an in-memory cache comes this way.
-        """
-        flights = self._flights
-        flights[key] = _PENDING
-        try:
-            try:
-                if _is_async_function(creator):
-                    value = await creator()
-                else:
-                    value = await call_creator(creator)
-                if stale_ttl is None or ttl_seconds is None:
-                    payload = encode_entry(key, value)
-                else:
-                    payload = encode_entry(key, value, time.time() + ttl_seconds)
-            except Exception:
-                self._stats.creator_errors += 1
-                raise
-            self._backend._store_now(key, payload, _ttl_ms(ttl_seconds, stale_ttl))
-        except Exception as exc:
-            flight = flights.pop(key, None)  # nobody else registers while ours is there
-            if isinstance(flight, asyncio.Future):
-                _settle(flight, exc)
-            raise
-        except BaseException:
-            flight = flights.pop(key, None)
-            if isinstance(flight, asyncio.Future):
-                _settle(flight, _LeaderGone())
-            raise
-        self._stats.regenerations += 1
-        value = _as_returned(key, value, payload)
-        flight = flights.pop(key, None)
-        if isinstance(flight, asyncio.Future):
-            flight.set_result(value)  # someone joined while we were creating
-        return value
-
     # -- miss: single flight, then the lease -------------------------------------------
 
     async def _miss(self, req: _Request, *, seen: bytes | None) -> Any:
         key = req.key
         flights = self._flights
-        loop = asyncio.get_running_loop()
         deadline: float | None = None
         while (flight := flights.get(key)) is not None:
+            loop = asyncio.get_running_loop()
             if deadline is None:
                 deadline = loop.time() + self.max_wait
             if isinstance(flight, _Pending):
@@ -302,22 +177,24 @@ class DogpileLock:
                 return await self._await_flight(key, flight, deadline)
             except _LeaderGone:
                 continue
-        flight = loop.create_future()
-        flights[key] = flight
-        if deadline is None:
-            deadline = loop.time() + self.max_wait
+        # Nobody here is filling the key: lead its flight. While it is ours nobody else
+        # registers one (they join it), so the entry popped below is always ours.
+        flights[key] = _PENDING
         try:
             value = await self._fill(req, deadline, ignore=seen)
         except Exception as exc:
-            _settle(flight, exc)
+            joined = flights.pop(key, None)
+            if isinstance(joined, asyncio.Future):
+                _settle(joined, exc)
             raise
         except BaseException:
-            _settle(flight, _LeaderGone())
+            joined = flights.pop(key, None)
+            if isinstance(joined, asyncio.Future):
+                _settle(joined, _LeaderGone())
             raise
-        finally:
-            if flights.get(key) is flight:
-                del flights[key]
-        flight.set_result(value)
+        joined = flights.pop(key, None)
+        if isinstance(joined, asyncio.Future):
+            joined.set_result(value)  # someone joined while we were creating
         return value
 
     async def _await_flight(self, key: str, flight: asyncio.Future[Any], deadline: float) -> Any:
@@ -333,22 +210,21 @@ class DogpileLock:
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
 
-    async def _fill(self, req: _Request, deadline: float, *, ignore: bytes | None) -> Any:
+    async def _fill(self, req: _Request, deadline: float | None, *, ignore: bytes | None) -> Any:
         key = req.key
         backend = self._backend
-        loop = asyncio.get_running_loop()
         # Only a cross-process lease needs a unique token (compare-and-delete release).
         token = secrets.token_hex(16) if backend._lease_seconds is not None else ""
-        started = loop.time()
-        waited = False
+        started: float | None = None
         while True:
             try:
                 lease = await backend._acquire_lease(key, token, ignore=ignore)
             except _BACKEND_ERRORS:
-                self._stats.backend_errors += 1
                 if not req.fallback_on_error:
                     raise
                 return await self._uncached(req)
+            if lease.acquired:
+                return await self._create(req, token)
             if lease.payload is not None:
                 entry = decode_entry(key, lease.payload)
                 if entry is not None:
@@ -356,12 +232,14 @@ class DogpileLock:
                 self._stats.corrupt_entries += 1
                 ignore = lease.payload
                 continue
-            if lease.acquired:
-                return await self._create(req, token)
-            if not waited:
-                waited = True
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if started is None:
+                started = now
                 self._stats.lock_waits += 1
-            remaining = deadline - loop.time()
+            if deadline is None:
+                deadline = now + self.max_wait
+            remaining = deadline - now
             if remaining <= 0:
                 self._stats.lock_timeouts += 1
                 raise CacheLockTimeout(key, loop.time() - started)
@@ -371,7 +249,6 @@ class DogpileLock:
                     key, lease.holder, min(backend._poll_interval, remaining)
                 )
             except _BACKEND_ERRORS:
-                self._stats.backend_errors += 1
                 if not req.fallback_on_error:
                     raise
                 return await self._uncached(req)
@@ -408,7 +285,6 @@ class DogpileLock:
         try:
             await backend._commit(key, token, payload, _ttl_ms(ttl_seconds, stale_ttl))
         except _BACKEND_ERRORS:
-            self._stats.backend_errors += 1
             if not req.fallback_on_error:
                 raise
             logger.warning("could not store the new value of %r; returning it uncached", key)
@@ -421,7 +297,6 @@ class DogpileLock:
             try:
                 still_held = await self._backend._renew_lease(key, token)
             except _BACKEND_ERRORS as exc:
-                self._stats.backend_errors += 1
                 logger.warning("could not renew the cache lease on %r: %s", key, exc)
                 continue
             if not still_held:
@@ -436,7 +311,6 @@ class DogpileLock:
         try:
             await self._backend._commit(key, token, None, None)
         except _BACKEND_ERRORS as exc:
-            self._stats.backend_errors += 1
             logger.warning("could not release the cache lease on %r (it will lapse): %s", key, exc)
 
     # -- stale-while-revalidate -------------------------------------------------------------
@@ -450,14 +324,13 @@ class DogpileLock:
             return stale
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-        token = secrets.token_hex(16)
+        token = secrets.token_hex(16) if self._backend._lease_seconds is not None else ""
         try:
             try:
                 # ignore=payload: if another process refreshed the entry meanwhile, the new
                 # value comes back instead of a second regeneration.
                 lease = await self._backend._acquire_lease(key, token, ignore=payload)
             except _BACKEND_ERRORS as exc:
-                stats.backend_errors += 1
                 logger.warning("serving a stale value of %r: %s", key, exc)
                 lease = LeaseResult(None, False, None)
             if lease.payload is not None:

@@ -18,30 +18,26 @@ lease, push the wake-up).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import re
 from typing import Any, cast
 
 try:
     import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     msg = "RedisCacheAdapter needs the redis client: pip install 'taskiq-flow-cache[redis]'"
-    raise ImportError(msg) from exc
+    raise ImportError(msg, name=exc.name) from exc
 
-from taskiq_flow.cache.base import BaseCacheAdapter, check_key, check_seconds, check_ttl
-from taskiq_flow.cache.codec import encode_entry
-from taskiq_flow.cache.errors import (
-    CacheBackendError,
-    CacheConnectionError,
-    CacheValueError,
+from taskiq_flow.cache.backend import LeaseResult
+from taskiq_flow.cache.base import (
+    BaseCacheAdapter,
+    check_cache_key,
+    check_cache_seconds,
+    check_cache_ttl,
 )
-from taskiq_flow.cache.lock import LeaseResult
+from taskiq_flow.cache.codec import encode_entry
+from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
+from taskiq_flow.storage.glob import escape_glob
+from taskiq_flow.storage.kit.redis import RedisConnection, RedisErrors
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
 
@@ -86,19 +82,6 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return released
 """
 
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def _glob_escape(text: str) -> str:
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
-
-
-def _map_error(operation: str, exc: RedisError) -> CacheConnectionError | CacheBackendError:
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return CacheConnectionError(operation, f"{type(exc).__name__}: {exc}")
-    return CacheBackendError(operation, f"{type(exc).__name__}: {exc}")
-
-
 class RedisCacheAdapter(BaseCacheAdapter):
     """A Redis-backed cache whose ``get_or_create`` holds across processes.
 
@@ -140,118 +123,103 @@ class RedisCacheAdapter(BaseCacheAdapter):
         poll_interval: float | None = None,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        retries: int = 2,
         max_connections: int = 64,
     ) -> None:
-        if type(max_connections) is not int or max_connections <= 0:
-            msg = f"max_connections must be a positive int, got {max_connections!r}"
-            raise CacheValueError(msg)
-        if (redis_url is None) == (client is None):
-            msg = "pass exactly one of redis_url or client"
-            raise CacheValueError(msg)
         if not isinstance(key_prefix, str) or not key_prefix:
             msg = f"key_prefix must be a non-empty string, got {key_prefix!r}"
             raise CacheValueError(msg)
-        lease = check_seconds(lock_timeout, "lock_timeout")
-        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
-        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        lease = check_cache_seconds(lock_timeout, "lock_timeout")
         super().__init__(
             default_ttl=default_ttl,
             max_wait=max_wait,
             fallback_on_error=fallback_on_error,
             stale_ttl=stale_ttl,
         )
-        if client is not None:
-            kwargs = client.connection_pool.connection_kwargs
-            if kwargs.get("decode_responses"):
-                msg = "the Redis client must use decode_responses=False (values are bytes)"
-                raise CacheValueError(msg)
-            self._client = client
-            self._owns_client = False
-            user_timeout = kwargs.get("socket_timeout")
-        else:
-            try:
-                pool = aioredis.ConnectionPool.from_url(
-                    cast(str, redis_url),
-                    # Half for commands, half for blocked waiters (see _wait_slots).
-                    max_connections=2 * max_connections,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=connect_timeout,
-                    # One quick retry survives a server restart (stale pooled socket);
-                    # more would turn "Redis is down" into a long stall.
-                    retry=Retry(NoBackoff(), 1),
-                )
-            except ValueError as exc:
-                msg = f"invalid Redis URL: {exc}"
-                raise CacheValueError(msg) from exc
-            self._client = aioredis.Redis.from_pool(pool)
-            self._owns_client = True
-            user_timeout = socket_timeout
+        self._redis = RedisConnection(
+            redis_url,
+            client=client,
+            errors=RedisErrors(
+                connection=self._connection_error,
+                backend=self._backend_error,
+                url=_url_error,
+                config=CacheValueError.about,
+            ),
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retries=retries,
+            max_connections=max_connections,
+        )
+        self.location = self._redis.location
         self.key_prefix = key_prefix
         self.lock_timeout = lease
         self._lease_ms = max(1, int(lease * 1000))
         poll = (
             min(1.0, lease / 4)
             if poll_interval is None
-            else check_seconds(poll_interval, "poll_interval")
+            else check_cache_seconds(poll_interval, "poll_interval")
         )
-        if isinstance(user_timeout, int | float) and user_timeout > 0:
+        user_timeout = self._redis.socket_timeout
+        if user_timeout is not None and user_timeout > 0:
             # A blocking wait must end before the socket timeout would call it a failure.
             poll = min(poll, user_timeout / 2)
         self._poll = poll
         self._value_prefix = f"{key_prefix}v:"
         self._lock_prefix = f"{key_prefix}lock:"
         self._wake_prefix = f"{key_prefix}wake:"
-        self._acquire_script = self._client.register_script(_ACQUIRE)
-        self._renew_script = self._client.register_script(_RENEW)
-        self._commit_script = self._client.register_script(_COMMIT)
-        self._closed = False
-        # Bounds the commands in flight, so 500 concurrent callers queue here instead of
-        # overflowing the client's pool (redis-py raises past max_connections). Cheaper on
-        # the hit path than redis-py's BlockingConnectionPool.
-        self._slots = asyncio.Semaphore(max_connections)
-        # Blocked waiters get their own budget: they must never starve the commits that
-        # would wake them.
-        self._wait_slots = asyncio.Semaphore(max_connections)
+        self._commands = self._redis.commands
+        self._acquire_script = self._redis.register_script(_ACQUIRE)
+        self._renew_script = self._redis.register_script(_RENEW)
+        self._commit_script = self._redis.register_script(_COMMIT)
+        errors = self._redis.errors
+        self._on_get, self._on_set, self._on_delete = errors("get"), errors("set"), errors("delete")
+        self._on_acquire, self._on_renew = errors("lock acquire"), errors("lock renew")
+        self._on_commit, self._on_wait = errors("lock release"), errors("lock wait")
+        self._on_clear = errors("clear")
+
+    # Every mapped Redis failure passes through one of these two: counted once, here.
+
+    def _connection_error(self, operation: str, detail: str) -> Exception:
+        self._stats.backend_errors += 1
+        return CacheConnectionError(operation, detail)
+
+    def _backend_error(self, operation: str, detail: str) -> Exception:
+        self._stats.backend_errors += 1
+        return CacheBackendError(operation, detail)
 
     def __repr__(self) -> str:
-        kwargs = self._client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return (
-            f"RedisCacheAdapter({where}/{kwargs.get('db', 0)}, key_prefix={self.key_prefix!r}, "
+            f"RedisCacheAdapter({self.location!r}, key_prefix={self.key_prefix!r}, "
             f"lock_timeout={self.lock_timeout})"
         )
 
     @property
     def client(self) -> aioredis.Redis:
-        """The underlying ``redis.asyncio.Redis`` client."""
-        return self._client
+        """The underlying ``redis.asyncio.Redis`` client (the one given, or the adapter's)."""
+        return self._redis.client
+
+    @property
+    def connection(self) -> RedisConnection:
+        """The adapter's :class:`~taskiq_flow.storage.kit.redis.RedisConnection`."""
+        return self._redis
 
     # -- storage ---------------------------------------------------------------------------
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
-        check_key(key)
-        ttl = self.default_ttl if ttl_seconds is None else check_ttl(ttl_seconds)
+        check_cache_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
         payload = encode_entry(key, value)
-        try:
-            async with self._slots:
-                await self._client.set(
-                    self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
-                )
-        except RedisError as exc:
-            self._stats.backend_errors += 1
-            raise _map_error("set", exc) from exc
+        with self._on_set:
+            await self._commands.set(
+                self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
+            )
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it was there."""
-        check_key(key)
-        try:
-            async with self._slots:
-                removed = await self._client.delete(self._value_prefix + key)
-        except RedisError as exc:
-            self._stats.backend_errors += 1
-            raise _map_error("delete", exc) from exc
-        return bool(removed)
+        check_cache_key(key)
+        with self._on_delete:
+            return bool(await self._commands.delete(self._value_prefix + key))
 
     async def inventory(self) -> dict[str, int]:
         """What the server holds under this prefix, for every process: entries and leases.
@@ -260,19 +228,9 @@ class RedisCacheAdapter(BaseCacheAdapter):
         cluster-wide view (``SCAN``, never ``KEYS``).
         """
         counts = {"entries": 0, "leases": 0}
-        try:
-            async with self._slots:
-                for name, prefix in (
-                    ("entries", self._value_prefix),
-                    ("leases", self._lock_prefix),
-                ):
-                    async for _ in self._client.scan_iter(
-                        match=_glob_escape(prefix) + "*", count=500
-                    ):
-                        counts[name] += 1
-        except RedisError as exc:
-            self._stats.backend_errors += 1
-            raise _map_error("inventory", exc) from exc
+        for name, prefix in (("entries", self._value_prefix), ("leases", self._lock_prefix)):
+            async for batch in self._redis.scan(escape_glob(prefix) + "*", 500, "inventory"):
+                counts[name] += len(batch)
         return counts
 
     async def clear(self) -> int:
@@ -281,30 +239,15 @@ class RedisCacheAdapter(BaseCacheAdapter):
         Leases and wake-up lists are left to expire: deleting a live lease would let a
         second creator start.
         """
-        pattern = _glob_escape(self._value_prefix) + "*"
         removed = 0
-        try:
-            batch: list[bytes] = []
-            async with self._slots:
-                async for name in self._client.scan_iter(match=pattern, count=500):
-                    batch.append(name)
-                    if len(batch) >= 500:
-                        removed += await self._client.unlink(*batch)
-                        batch.clear()
-                if batch:
-                    removed += await self._client.unlink(*batch)
-        except RedisError as exc:
-            self._stats.backend_errors += 1
-            raise _map_error("clear", exc) from exc
+        async for batch in self._redis.scan(escape_glob(self._value_prefix) + "*", 500, "clear"):
+            with self._on_clear:
+                removed += int(await self._commands.unlink(*batch))
         return removed
 
     async def close(self) -> None:
-        """Close the client if this adapter created it. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_client:
-            await self._client.aclose()
+        """Close the client if this adapter created it. Idempotent; errors mapped."""
+        await self._redis.close()
 
     # -- lease primitives ------------------------------------------------------------------
 
@@ -317,24 +260,17 @@ class RedisCacheAdapter(BaseCacheAdapter):
         return self._poll
 
     async def _read_raw(self, key: str) -> bytes | None:
-        try:
-            async with self._slots:
-                return cast(bytes | None, await self._client.get(self._value_prefix + key))
-        except RedisError as exc:
-            self._stats.backend_errors += 1
-            raise _map_error("get", exc) from exc
+        with self._on_get:
+            return cast(bytes | None, await self._commands.get(self._value_prefix + key))
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
         # Only a digest travels: the entry to ignore may be large.
         skip = "" if ignore is None else hashlib.sha1(ignore, usedforsecurity=False).hexdigest()
-        try:
-            async with self._slots:
-                reply = await self._acquire_script(
-                    keys=[self._value_prefix + key, self._lock_prefix + key],
-                    args=[token, self._lease_ms, skip],
-                )
-        except RedisError as exc:
-            raise _map_error("lock acquire", exc) from exc
+        with self._on_acquire:
+            reply = await self._acquire_script(
+                keys=[self._value_prefix + key, self._lock_prefix + key],
+                args=[token, self._lease_ms, skip],
+            )
         kind = int(reply[0])
         if kind == 1:
             return LeaseResult(bytes(reply[1]), False, None)
@@ -344,41 +280,37 @@ class RedisCacheAdapter(BaseCacheAdapter):
         return LeaseResult(None, True, None)
 
     async def _renew_lease(self, key: str, token: str) -> bool:
-        try:
-            async with self._slots:
-                renewed = await self._renew_script(
-                    keys=[self._lock_prefix + key], args=[token, self._lease_ms]
-                )
-        except RedisError as exc:
-            raise _map_error("lock renew", exc) from exc
+        with self._on_renew:
+            renewed = await self._renew_script(
+                keys=[self._lock_prefix + key], args=[token, self._lease_ms]
+            )
         return bool(renewed)
 
     async def _commit(
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
-        try:
-            async with self._slots:
-                await self._commit_script(
-                    keys=[
-                        self._value_prefix + key,
-                        self._lock_prefix + key,
-                        f"{self._wake_prefix}{key}:{token}",
-                    ],
-                    args=[
-                        token,
-                        b"" if payload is None else payload,
-                        "" if ttl_ms is None else ttl_ms,
-                        self._lease_ms,
-                        "err" if payload is None else "ok",
-                    ],
-                )
-        except RedisError as exc:
-            raise _map_error("lock release", exc) from exc
+        with self._on_commit:
+            await self._commit_script(
+                keys=[
+                    self._value_prefix + key,
+                    self._lock_prefix + key,
+                    f"{self._wake_prefix}{key}:{token}",
+                ],
+                args=[
+                    token,
+                    b"" if payload is None else payload,
+                    "" if ttl_ms is None else ttl_ms,
+                    self._lease_ms,
+                    "err" if payload is None else "ok",
+                ],
+            )
 
     async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
         wake = f"{self._wake_prefix}{key}:{holder}"
-        try:
-            async with self._wait_slots:
-                await self._client.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
-        except RedisError as exc:
-            raise _map_error("lock wait", exc) from exc
+        # BLMOVE runs on the connection's budget for blocked waiters (see RedisConnection).
+        with self._on_wait:
+            await self._commands.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
+
+
+def _url_error(url: str, reason: str) -> Exception:
+    return CacheValueError(f"invalid Redis URL {url!r}: {reason}")

@@ -7,55 +7,42 @@ the caller passed) and ``source``, the name to blame in the error message.
 from __future__ import annotations
 
 import difflib
-import re
+import os
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taskiq_flow.config.errors import ConfigError
+from taskiq_flow.storage import InvalidStorageURLError
+from taskiq_flow.storage.kit import (
+    REDIS_URL_FORMS,
+    SQLITE_PATH_FORMS,
+    check_redis_url,
+    redact_url,
+    sqlite_location,
+)
 
-REDIS_URL_FORMS = (
-    "redis://[[user]:password@]host[:port][/db]",
-    "rediss://... (TLS)",
-    "unix://[[user]:password@]/path/to/redis.sock[?db=N]",
-)
-SQLITE_PATH_FORMS = (
-    "a file path (./store.sqlite3)",
-    "':memory:'",
-    "sqlite:///relative/path.db or sqlite:////absolute/path.db",
-)
+__all__ = [
+    "REDIS_URL_FORMS",
+    "SQLITE_PATH_FORMS",
+    "mask_url",
+    "parse_bool",
+    "parse_choice",
+    "parse_positive_int",
+    "parse_redis_url",
+    "parse_sqlite_path",
+    "parse_text",
+]
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/]*)@")
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd"})
 
 
 def mask_url(url: str) -> str:
     """Return ``url`` with any password (userinfo or ``?password=``) replaced by ``***``.
 
-    Works on malformed URLs too, so that an error message about a bad URL never
-    leaks the secret it contains.
+    The storage package's :func:`~taskiq_flow.storage.kit.redact_url`, under the name
+    this package has always exported.
     """
-
-    def _mask_userinfo(match: re.Match[str]) -> str:
-        userinfo = match.group("userinfo")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            return f"{match.group('scheme')}{user}:***@"
-        # ``redis://secret@host``: redis-py reads a username, but people put passwords there.
-        return f"{match.group('scheme')}***@"
-
-    masked = _USERINFO.sub(_mask_userinfo, url, count=1)
-    if "?" in masked:
-        try:
-            parts = urlsplit(masked)
-            query = [
-                (k, "***" if k.lower() in _SECRET_QUERY_KEYS else v)
-                for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            ]
-            masked = urlunsplit(parts._replace(query=urlencode(query, safe="*")))
-        except ValueError:
-            masked = masked.split("?", 1)[0] + "?***"
-    return masked
+    return redact_url(url)
 
 
 def _did_you_mean(value: str, allowed: Sequence[str]) -> str:
@@ -121,67 +108,41 @@ def parse_text(raw: object, source: str) -> str:
 
 
 def parse_redis_url(raw: object, source: str) -> str | None:
-    """Validate a Redis URL (``redis://``, ``rediss://``, ``unix://``); empty means unset."""
+    """Validate a Redis URL by the adapters' own rule; empty means unset."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if not isinstance(raw, str):
-        msg = f"{source} must be a string URL, got {type(raw).__name__}"
-        raise ConfigError(msg, source=source, allowed=REDIS_URL_FORMS)
-    url = raw.strip()
-    problem = _redis_url_problem(url)
-    if problem:
-        forms = "; ".join(REDIS_URL_FORMS)
-        msg = f"{source}={mask_url(url)!r} is not a Redis URL: {problem}. Accepted forms: {forms}"
-        raise ConfigError(msg, source=source, allowed=REDIS_URL_FORMS)
-    return url
-
-
-def _redis_url_problem(url: str) -> str:
     try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError as exc:
-        return str(exc)
-    scheme = parts.scheme.lower()
-    db = parts.path.strip("/")
-    problem = ""
-    if scheme not in {"redis", "rediss", "unix"}:
-        shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        problem = f"{shown}; expected redis://, rediss:// or unix://"
-    elif scheme == "unix":
-        if not parts.path:
-            problem = "unix:// needs a socket path (unix:///path/to/redis.sock)"
-    elif not parts.hostname:
-        problem = "no host"
-    elif db and not db.isdigit():
-        problem = f"database {db!r} is not a number"
-    elif port == 0:
-        problem = "port 0"
-    return problem
+        return check_redis_url(raw)
+    except InvalidStorageURLError as exc:
+        forms = "; ".join(REDIS_URL_FORMS)
+        msg = (
+            f"{source}={exc.url!r} is not a Redis URL: {exc.reason}. Accepted forms: {forms}"
+            if isinstance(raw, str)
+            else f"{source} must be a string URL, got {type(raw).__name__}"
+        )
+        raise ConfigError(msg, source=source, allowed=REDIS_URL_FORMS) from None
 
 
 def parse_sqlite_path(raw: object, source: str) -> str | None:
-    """Validate a SQLite location: a file path, ``:memory:`` or a ``sqlite:///`` URL."""
+    """Validate a SQLite location by the adapter's own rule; empty means unset.
+
+    Returns the location as given (stripped): the adapter reads it the same way.
+    """
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if hasattr(raw, "__fspath__"):
-        raw = str(raw)
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
     if not isinstance(raw, str):
         msg = f"{source} must be a path, got {type(raw).__name__}"
         raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS)
     value = raw.strip()
-    lowered = value.lower()
-    forms = "; ".join(SQLITE_PATH_FORMS)
-    if "://" in value and not lowered.startswith("sqlite://"):
-        msg = f"{source}={mask_url(value)!r} is not a SQLite location. Accepted forms: {forms}"
-        raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS)
-    if lowered.startswith("sqlite:") and not lowered.startswith("sqlite:///"):
+    try:
+        sqlite_location(value)
+    except InvalidStorageURLError as exc:
+        forms = "; ".join(SQLITE_PATH_FORMS)
         msg = (
-            f"{source}={value!r} is not a SQLite URL: use three slashes "
-            f"(sqlite:///relative.db) or four for an absolute path. Accepted forms: {forms}"
+            f"{source}={exc.url!r} is not a SQLite location: {exc.reason}. "
+            f"Accepted forms: {forms}"
         )
-        raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS)
-    if lowered.startswith("sqlite:///") and not value[len("sqlite:///") :]:
-        msg = f"{source}={value!r} has no database path. Accepted forms: {forms}"
-        raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS)
+        raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS) from None
     return value

@@ -1,4 +1,4 @@
-"""``BaseStorageAdapter``: the contract every backend keeps, and the checks they share."""
+"""``BaseStorageAdapter``: the contract every backend keeps."""
 
 from __future__ import annotations
 
@@ -10,99 +10,16 @@ from typing import Any, ClassVar, Self
 
 from taskiq_flow.storage.codec import decode
 from taskiq_flow.storage.entry import StorageEntry
-from taskiq_flow.storage.errors import InvalidKeyError, InvalidTTLError, StorageCorruptError
+from taskiq_flow.storage.kit.checks import check_key, check_timestamp, check_ttl
 
 RawEntry = tuple[bytes | memoryview, float, float | None]
 """A live entry as a backend holds it: encoded value, created and expiry epoch seconds."""
 
-__all__ = [
-    "BaseStorageAdapter",
-    "RawEntry",
-    "check_key",
-    "check_keys",
-    "check_pattern",
-    "check_timestamp",
-    "check_ttl",
-]
-
-
-_LAST_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z, the last one datetime can hold
-
-
-def check_timestamp(key: str, name: str, value: object) -> float:
-    """``value`` as epoch seconds, or :class:`StorageCorruptError` naming ``key``.
-
-    Stored times come back from a file or a server someone else may have written to.
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= _LAST_TIMESTAMP  # NaN fails this too
-    ):
-        raise StorageCorruptError(key, f"{name} is {value!r}, not a timestamp")
-    return float(value)
+__all__ = ["BaseStorageAdapter", "RawEntry"]
 
 
 def _datetime(key: str, name: str, value: object) -> datetime:
     return datetime.fromtimestamp(check_timestamp(key, name, value), UTC)
-
-
-def check_key(key: object) -> str:
-    """Return ``key`` if it is a usable key.
-
-    Raises:
-        InvalidKeyError: not a ``str``, empty, or not encodable as UTF-8 (a lone surrogate).
-    """
-    if not isinstance(key, str):
-        raise InvalidKeyError(key, f"keys are str, not {type(key).__name__}")
-    if not key:
-        raise InvalidKeyError(key, "keys must not be empty")
-    if not key.isascii():
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidKeyError(key, "not encodable as UTF-8") from exc
-    return key
-
-
-def check_keys(keys: Iterable[str]) -> list[str]:
-    """Return ``keys`` as a list of checked keys (a bare ``str`` is refused, not iterated).
-
-    Raises:
-        InvalidKeyError: ``keys`` is a ``str``/``bytes``, or one key is bad.
-    """
-    if isinstance(keys, str | bytes):
-        raise InvalidKeyError(keys, "expected an iterable of keys, not a single key")
-    return [check_key(key) for key in keys]
-
-
-def check_pattern(pattern: object) -> str:
-    """Return ``pattern`` if it is a usable glob pattern (same rules as keys, may be empty).
-
-    Raises:
-        InvalidKeyError: not a ``str`` or not encodable as UTF-8.
-    """
-    if not isinstance(pattern, str):
-        raise InvalidKeyError(pattern, f"patterns are str, not {type(pattern).__name__}")
-    if not pattern.isascii():
-        try:
-            pattern.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidKeyError(pattern, "pattern not encodable as UTF-8") from exc
-    return pattern
-
-
-def check_ttl(ttl_seconds: object) -> int | None:
-    """Return ``ttl_seconds`` if it is ``None`` or an ``int`` > 0 (``bool`` is refused).
-
-    Raises:
-        InvalidTTLError: anything else (``0``, negative, ``float``, ``str``, ``bool``).
-    """
-    if ttl_seconds is None:
-        return None
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
-        raise InvalidTTLError(ttl_seconds)
-    return int(ttl_seconds)
 
 
 class BaseStorageAdapter(ABC):

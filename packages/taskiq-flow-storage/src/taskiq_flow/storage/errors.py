@@ -76,9 +76,10 @@ class InvalidKeyError(StorageError, TypeError, ValueError):
 class InvalidTTLError(StorageError, ValueError):
     """A TTL that is not a positive ``int`` number of seconds."""
 
-    def __init__(self, ttl: object) -> None:
+    def __init__(self, ttl: object, reason: str | None = None) -> None:
         self.ttl = ttl
         super().__init__(
-            f"ttl_seconds must be a positive int (seconds) or None, got {ttl!r}"
+            reason
+            or f"ttl_seconds must be a positive int (seconds) or None, got {ttl!r}"
             f" of type {type(ttl).__name__}"
         )

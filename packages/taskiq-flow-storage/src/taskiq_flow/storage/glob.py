@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
-__all__ = ["compile_glob", "glob_match", "literal_prefix"]
+__all__ = ["compile_glob", "escape_glob", "glob_match", "literal_prefix"]
 
 _STAR = ord("*")
 _QUESTION = ord("?")
@@ -114,6 +114,17 @@ def _match(  # noqa: PLR0911, PLR0912, PLR0915 - kept one function to mirror Red
 def glob_match(pattern: str, key: str) -> bool:
     """Whether ``key`` matches the Redis glob ``pattern`` (Redis's own algorithm)."""
     return _match(pattern.encode("utf-8"), 0, key.encode("utf-8"), 0, [False])
+
+
+def escape_glob(text: str) -> str:
+    r"""``text`` as a glob that matches exactly itself (``*?[]\`` each escaped by ``\``).
+
+    For a key prefix in front of a user's pattern: ``escape_glob(prefix) + pattern``.
+    """
+    return "".join("\\" + ch if ch in _ESCAPED else ch for ch in text)
+
+
+_ESCAPED = frozenset("*?[]\\")
 
 
 def literal_prefix(pattern: str) -> str:

@@ -10,34 +10,32 @@ index range on the pattern's literal prefix), never spliced into SQL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
 
-from taskiq_flow.storage.base import (
-    BaseStorageAdapter,
-    RawEntry,
+from taskiq_flow.storage._sqlite_support import (
+    LIVE,
+    MapErrors,
+    key_query,
+    live_at,
+    open_connection,
+    rollback,
+)
+from taskiq_flow.storage.base import BaseStorageAdapter, RawEntry
+from taskiq_flow.storage.codec import decode, encode
+from taskiq_flow.storage.errors import StorageCorruptError
+from taskiq_flow.storage.kit.checks import (
     check_key,
     check_keys,
     check_pattern,
     check_timestamp,
     check_ttl,
 )
-from taskiq_flow.storage.codec import decode, encode
-from taskiq_flow.storage.errors import (
-    InvalidStorageURLError,
-    StorageConnectionError,
-    StorageCorruptError,
-    StorageError,
-)
-from taskiq_flow.storage.glob import compile_glob, literal_prefix
+from taskiq_flow.storage.kit.urls import sqlite_location
 
 __all__ = ["SQLiteStorageAdapter"]
 
@@ -72,129 +70,8 @@ _DELETE = "DELETE FROM taskiq_flow_storage WHERE key = ? RETURNING expires_at"
 _DELETE_IF_EXPIRED = "DELETE FROM taskiq_flow_storage WHERE key = ? AND expires_at <= ?"
 _CLEANUP = "DELETE FROM taskiq_flow_storage WHERE expires_at <= ?"
 _CLEANUP_AGE = _CLEANUP + " OR created_at <= ?"
-_LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _CHUNK = 500  # keys per IN (...) list, far below SQLite's bound-variable limit
 _PAGE = 500  # keys per iter_keys() round trip
-_BUSY_TIMEOUT_MS = 10_000
-
-
-def _sql_glob(pattern: str, key: str) -> bool:
-    return compile_glob(pattern)(key)
-
-
-def _successor(prefix: str) -> str | None:
-    """The least string greater than every string starting with ``prefix`` (None: none)."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if code == 0xD800:  # surrogates never occur in a stored (UTF-8) key
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _database(path: str | os.PathLike[str]) -> str:
-    if not isinstance(path, str):
-        return os.fspath(path)
-    if path.startswith("sqlite:"):
-        if not path.startswith("sqlite://") or (
-            path[len("sqlite://") :] and not path.startswith("sqlite:///")
-        ):
-            msg = "use sqlite:///relative.db, sqlite:////absolute.db or sqlite:///:memory:"
-            raise InvalidStorageURLError(path, msg)
-        rest = path[len("sqlite:///") :]
-        if "?" in rest or "#" in rest:
-            raise InvalidStorageURLError(path, "query strings are not supported")
-        return rest or ":memory:"
-    if "://" in path:
-        raise InvalidStorageURLError(path, "not a file path or sqlite:/// URL")
-    if not path:
-        raise InvalidStorageURLError(path, "empty path (use ':memory:' for a private database)")
-    return path
-
-
-async def _reap(conn: aiosqlite.Connection) -> None:
-    """Wait for the worker thread of a connection whose connect failed.
-
-    aiosqlite stops that thread itself but does not wait; its stop message would then
-    be delivered to an event loop that may be closed by then. The thread is
-    ``Connection._thread`` (aiosqlite >= 0.21) or the connection itself (older).
-    """
-    thread = getattr(conn, "_thread", conn)
-    if isinstance(thread, threading.Thread) and thread.is_alive():
-        await asyncio.to_thread(thread.join, 5.0)
-    # Let the loop run the stop message's callback, queued by the finished thread.
-    await asyncio.sleep(0)
-
-
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    # The failure (or cancellation) may have come after COMMIT already ran; a rollback
-    # with no transaction open must not replace the original exception.
-    with contextlib.suppress(sqlite3.Error):
-        await conn.execute("ROLLBACK")
-
-
-class _MapErrors:
-    """Map ``sqlite3`` errors to the storage error tree (a class: cheaper than a generator)."""
-
-    __slots__ = ("operation",)
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or isinstance(exc, StorageError):
-            return
-        if isinstance(exc, sqlite3.OperationalError):
-            msg = f"SQLite {self.operation} failed: {exc}"
-            raise StorageConnectionError(msg) from exc
-        if isinstance(exc, sqlite3.Error):
-            msg = f"SQLite {self.operation} failed: {exc}"
-            raise StorageError(msg) from exc
-
-
-def _live_at(expires: object, now: float) -> bool:
-    """Whether a deleted row was live; a corrupt expiry counts as not (it is gone now)."""
-    if expires is None:
-        return True
-    return isinstance(expires, int | float) and not isinstance(expires, bool) and now < expires
-
-
-async def _enable_wal(conn: aiosqlite.Connection) -> None:
-    """Switch the file to WAL, waiting out other connections doing the same.
-
-    Changing the journal mode needs an exclusive lock, and SQLite answers ``database is
-    locked`` at once (no busy handler) while another connection holds the file — which
-    is what several processes opening one new file together do.
-    """
-    rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
-    if rows and str(rows[0][0]).lower() == "wal":
-        return  # WAL is persistent: set once per file, nothing to lock for
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        else:
-            return
 
 
 class SQLiteStorageAdapter(BaseStorageAdapter):
@@ -220,7 +97,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         ttl_seconds: int | None = None,
     ) -> None:
         super().__init__(ttl_seconds)
-        self.path = _database(path)
+        self.path = sqlite_location(path)
         self._conn: aiosqlite.Connection | None = None
         # One connection serves every task; the lock keeps a batch's transaction from
         # swallowing another task's statement (and the connect from running twice).
@@ -230,35 +107,9 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         return f"SQLiteStorageAdapter(path={self.path!r}, ttl_seconds={self.ttl_seconds!r})"
 
     async def _connect(self) -> aiosqlite.Connection:
-        if self._conn is not None:
-            return self._conn
-        conn = aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
-        # aiosqlite's thread is not a daemon: an adapter nobody closed would keep the
-        # interpreter from exiting. Every statement commits on its own (autocommit, WAL),
-        # so stopping that thread at exit loses nothing that was acknowledged.
-        thread = getattr(conn, "_thread", None)
-        if thread is not None and not thread.is_alive():
-            thread.daemon = True
-        with _MapErrors("connect"):
-            try:
-                await conn
-            except sqlite3.Error:
-                await _reap(conn)
-                raise
-            try:
-                await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                if self.path != ":memory:":
-                    await _enable_wal(conn)
-                    # With WAL, NORMAL loses no committed data on an application crash.
-                    await conn.execute("PRAGMA synchronous = NORMAL")
-                for statement in _SCHEMA:
-                    await conn.execute(statement)
-                await conn.create_function("redis_glob", 2, _sql_glob, deterministic=True)
-            except BaseException:
-                await conn.close()
-                raise
-        self._conn = conn
-        return conn
+        if self._conn is None:
+            self._conn = await open_connection(self.path, _SCHEMA)
+        return self._conn
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
@@ -268,7 +119,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with _MapErrors("set"):
+            with MapErrors("set"):
                 await conn.execute(_UPSERT, (key, blob, now, None if ttl is None else now + ttl))
 
     async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
@@ -279,7 +130,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with _MapErrors("add"):
+            with MapErrors("add"):
                 cursor = await conn.execute(
                     _ADD, (key, blob, now, None if ttl is None else now + ttl)
                 )
@@ -288,7 +139,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
     async def _read(self, key: str) -> RawEntry | None:
         async with self._lock:
             conn = self._conn or await self._connect()
-            with _MapErrors("get"):
+            with MapErrors("get"):
                 rows = list(await conn.execute_fetchall(_SELECT, (key,)))
                 if not rows:
                     return None
@@ -309,7 +160,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         check_key(key)
         async with self._lock:
             conn = self._conn or await self._connect()
-            with _MapErrors("exists"):
+            with MapErrors("exists"):
                 return bool(list(await conn.execute_fetchall(_EXISTS, (key, time.time()))))
 
     async def delete(self, key: str) -> bool:
@@ -317,49 +168,24 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         check_key(key)
         async with self._lock:
             conn = self._conn or await self._connect()
-            with _MapErrors("delete"):
+            with MapErrors("delete"):
                 rows = list(await conn.execute_fetchall(_DELETE, (key,)))
         now = time.time()
-        return any(_live_at(expires, now) for (expires,) in rows)
-
-    def _key_query(self, pattern: str) -> tuple[str, list[Any]]:
-        """WHERE clause and parameters selecting live keys that match ``pattern``."""
-        clauses = [_LIVE]
-        params: list[Any] = [time.time()]
-        stripped = pattern.rstrip("*")
-        if not pattern:
-            clauses.append("0")
-        elif not set("*?[\\").intersection(pattern):
-            clauses.append("key = ?")
-            params.append(pattern)
-        else:
-            prefix = literal_prefix(pattern)
-            if prefix:
-                clauses.append("key >= ?")
-                params.append(prefix)
-                upper = _successor(prefix)
-                if upper is not None:
-                    clauses.append("key < ?")
-                    params.append(upper)
-            # "prefix*" is exactly the range; anything else needs Redis's matcher.
-            if set("*?[\\").intersection(stripped):
-                clauses.append("redis_glob(?, key)")
-                params.append(pattern)
-        return " AND ".join(clauses), params
+        return any(live_at(expires, now) for (expires,) in rows)
 
     async def keys(self, pattern: str = "*") -> list[str]:
         """Live keys matching the Redis glob ``pattern``, sorted."""
-        where, params = self._key_query(check_pattern(pattern))
+        where, params = key_query(check_pattern(pattern))
         sql = f"SELECT key FROM taskiq_flow_storage WHERE {where} ORDER BY key"  # noqa: S608 - fixed fragments
         async with self._lock:
             conn = self._conn or await self._connect()
-            with _MapErrors("keys"):
+            with MapErrors("keys"):
                 rows = await conn.execute_fetchall(sql, params)
         return [key for (key,) in rows]
 
     async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
         """Iterate live keys matching ``pattern``, ``_PAGE`` keys per query, in key order."""
-        where, params = self._key_query(check_pattern(pattern))
+        where, params = key_query(check_pattern(pattern))
         first = f"SELECT key FROM taskiq_flow_storage WHERE {where} ORDER BY key LIMIT ?"  # noqa: S608 - fixed fragments
         after = (
             f"SELECT key FROM taskiq_flow_storage WHERE key > ? AND {where} ORDER BY key LIMIT ?"  # noqa: S608 - fixed fragments
@@ -368,7 +194,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         while True:
             async with self._lock:
                 conn = self._conn or await self._connect()
-                with _MapErrors("iter_keys"):
+                with MapErrors("iter_keys"):
                     if last is None:
                         rows = list(await conn.execute_fetchall(first, [*params, _PAGE]))
                     else:
@@ -388,11 +214,11 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             sql = (
                 "SELECT key, value FROM taskiq_flow_storage WHERE key IN ("  # noqa: S608 - placeholders only
                 + ", ".join("?" * len(chunk))
-                + f") AND {_LIVE}"
+                + f") AND {LIVE}"
             )
             async with self._lock:
                 conn = self._conn or await self._connect()
-                with _MapErrors("get_many"):
+                with MapErrors("get_many"):
                     rows = await conn.execute_fetchall(sql, [*chunk, time.time()])
             for key, blob in rows:
                 if not isinstance(blob, bytes):
@@ -405,14 +231,14 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         self, operation: str, sql: str, rows: list[tuple[Any, ...]]
     ) -> aiosqlite.Cursor:
         conn = self._conn or await self._connect()
-        with _MapErrors(operation):
+        with MapErrors(operation):
             # IMMEDIATE takes the write lock up front, so busy_timeout applies to it.
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 cursor = await conn.executemany(sql, rows)
                 await conn.execute("COMMIT")
             except BaseException:
-                await _rollback(conn)
+                await rollback(conn)
                 raise
         return cursor
 
@@ -438,7 +264,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             conn = self._conn or await self._connect()
             now = time.time()
             removed = 0
-            with _MapErrors("delete_many"):
+            with MapErrors("delete_many"):
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
                     for start in range(0, len(wanted), _CHUNK):
@@ -449,10 +275,10 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
                             + ") RETURNING expires_at"
                         )
                         rows = await conn.execute_fetchall(sql, chunk)
-                        removed += sum(1 for (exp,) in rows if _live_at(exp, now))
+                        removed += sum(1 for (exp,) in rows if live_at(exp, now))
                     await conn.execute("COMMIT")
                 except BaseException:
-                    await _rollback(conn)
+                    await rollback(conn)
                     raise
         return removed
 
@@ -462,7 +288,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with _MapErrors("cleanup"):
+            with MapErrors("cleanup"):
                 if age is None:
                     cursor = await conn.execute(_CLEANUP, (now,))
                 else:
@@ -474,5 +300,5 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                with _MapErrors("close"):
+                with MapErrors("close"):
                     await conn.close()

@@ -1,0 +1,81 @@
+"""What the dogpile lock needs from a cache backend: :class:`LockBackend` and its types.
+
+Every cache adapter implements these protected hooks (``BaseCacheAdapter`` declares
+them); :class:`taskiq_flow.cache.lock.DogpileLock` calls them and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol
+
+__all__ = ["Creator", "LeaseResult", "LockBackend", "call_creator"]
+
+
+Creator = Callable[[], Any] | Callable[[], Awaitable[Any]]
+"""A zero-argument callable producing the value: sync (run in a thread) or async."""
+
+
+
+class LeaseResult(NamedTuple):
+    """Outcome of one lease attempt."""
+
+    payload: bytes | None
+    """The stored entry, when one appeared (only if the attempt asked to check)."""
+    acquired: bool
+    """Whether this caller now holds the lease."""
+    holder: str | None
+    """The current holder's token when the lease is taken by someone else."""
+
+
+class LockBackend(Protocol):
+    """What the lock needs from an adapter. Each method is one backend round trip."""
+
+    @property
+    def _lease_seconds(self) -> float | None:
+        """Lease period; ``None`` when there is no cross-process lease (in-memory).
+
+        Without one the lease is a no-op: ``_acquire_lease`` only re-reads the entry and
+        otherwise grants, no token is drawn and no heartbeat runs — the in-process single
+        flight has already elected the one creator.
+        """
+
+    @property
+    def _poll_interval(self) -> float:
+        """Longest a waiter blocks before it re-checks the value and the lease."""
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        """The stored entry bytes, or ``None``."""
+
+    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
+        """Return the entry unless absent or equal to ``ignore``; else take or report the lease.
+
+        ``ignore`` is a stale or corrupt entry the caller has already seen.
+        """
+
+    async def _renew_lease(self, key: str, token: str) -> bool:
+        """Extend the lease if ``token`` still holds it."""
+
+    async def _commit(
+        self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+    ) -> None:
+        """Store ``payload`` (unless ``None``), release the lease if held, wake waiters."""
+
+    async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
+        """Block until ``holder`` releases (push) or ``within`` seconds pass."""
+
+
+async def call_creator(creator: Creator) -> Any:
+    """Run ``creator``: a coroutine function in this task, anything else in a thread.
+
+    Running sync creators with :func:`asyncio.to_thread` keeps the event loop (and so the
+    lease heartbeat) alive while they work; ``to_thread`` copies the caller's contextvars.
+    """
+    if inspect.iscoroutinefunction(creator):
+        return await creator()
+    result = await asyncio.to_thread(creator)
+    if inspect.isawaitable(result):
+        return await result
+    return result
