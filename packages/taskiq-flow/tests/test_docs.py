@@ -214,3 +214,36 @@ def test_relative_links_resolve(page: str) -> None:
     text = (DOCS / page).read_text()
     for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[^)]*)?\)", text):
         assert (DOCS / target).is_file(), f"{page} links to missing {target}"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Import-root edges between the packages, read from every source module."""
+
+    def root(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else "meta"
+
+    edges: dict[str, set[str]] = {}
+    for path in (ROOT / "packages").glob("*/src/taskiq_flow/**/*.py"):
+        parts = path.relative_to(path.parents[len(path.parts) - path.parts.index("src") - 2])
+        module = ".".join(parts.with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.startswith("taskiq_flow") and root(name) != root(module):
+                    edges.setdefault(root(module), set()).add(root(name))
+    return edges
+
+
+def test_architecture_graph_matches_the_imports() -> None:
+    text = (DOCS / "architecture.md").read_text()
+    block = text.split("<!-- package-imports -->\n```text\n", 1)[1].split("```", 1)[0]
+    documented: dict[str, set[str]] = {}
+    for line in block.strip().splitlines():
+        source, targets = line.split(" -> ")
+        documented[source] = set(targets.split(" (", 1)[0].split(", "))
+    assert documented == _package_imports()

@@ -98,14 +98,6 @@ def _as_returned(key: str, value: Any, payload: bytes) -> Any:
     return value if entry is None else entry.value
 
 
-def _is_async_function(func: object) -> bool:
-    """A cheap ``inspect.iscoroutinefunction`` for the usual case (a plain ``async def``).
-
-    Anything else (partials, methods, callables) is left to :func:`call_creator`.
-    """
-    return type(func) is FunctionType and bool(func.__code__.co_flags & CO_COROUTINE)
-
-
 class DogpileLock:
     """The get-or-create algorithm over a :class:`LockBackend` (see the module docstring).
 
@@ -156,32 +148,17 @@ class DogpileLock:
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
-        return await self._miss(
-            _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
-            seen=payload,
-        )
-
-    # -- miss: single flight, then the lease -------------------------------------------
-
-    async def _miss(self, req: _Request, *, seen: bytes | None) -> Any:
-        key = req.key
+        # The miss: an in-process single flight, then the backend's lease (in _fill).
         flights = self._flights
-        deadline: float | None = None
-        while (flight := flights.get(key)) is not None:
-            loop = asyncio.get_running_loop()
-            if deadline is None:
-                deadline = loop.time() + self.max_wait
-            if isinstance(flight, _Pending):
-                flights[key] = flight = loop.create_future()
-            try:
-                return await self._await_flight(key, flight, deadline)
-            except _LeaderGone:
-                continue
+        if key in flights:
+            return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error)
         # Nobody here is filling the key: lead its flight. While it is ours nobody else
         # registers one (they join it), so the entry popped below is always ours.
         flights[key] = _PENDING
         try:
-            value = await self._fill(req, deadline, ignore=seen)
+            value = await self._fill(
+                _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error), None, payload
+            )
         except Exception as exc:
             joined = flights.pop(key, None)
             if isinstance(joined, asyncio.Future):
@@ -197,6 +174,30 @@ class DogpileLock:
             joined.set_result(value)  # someone joined while we were creating
         return value
 
+    # -- miss: joining a flight; the lease ---------------------------------------------
+
+    async def _join(
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None,
+        stale_ttl: int | None,
+        fallback_on_error: bool,
+    ) -> Any:
+        """Wait for this process's flight of ``key``; lead a new one if its leader is gone."""
+        flights = self._flights
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while (flight := flights.get(key)) is not None:
+            if isinstance(flight, _Pending):
+                flights[key] = flight = loop.create_future()
+            try:
+                return await self._await_flight(key, flight, deadline)
+            except _LeaderGone:
+                continue
+        # The leader was cancelled and nobody took over yet: start over (one read).
+        return await self.get_or_create(key, creator, ttl_seconds, stale_ttl, fallback_on_error)
+
     async def _await_flight(self, key: str, flight: asyncio.Future[Any], deadline: float) -> Any:
         self._stats.lock_waits += 1
         loop = asyncio.get_running_loop()
@@ -210,11 +211,13 @@ class DogpileLock:
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
 
-    async def _fill(self, req: _Request, deadline: float | None, *, ignore: bytes | None) -> Any:
+    async def _fill(self, req: _Request, deadline: float | None, ignore: bytes | None) -> Any:
+        """Take the lease and create, take a value that appeared, or wait for the holder."""
         key = req.key
         backend = self._backend
         # Only a cross-process lease needs a unique token (compare-and-delete release).
-        token = secrets.token_hex(16) if backend._lease_seconds is not None else ""
+        lease_seconds = backend._lease_seconds
+        token = "" if lease_seconds is None else secrets.token_hex(16)
         started: float | None = None
         while True:
             try:
@@ -224,7 +227,7 @@ class DogpileLock:
                     raise
                 return await self._uncached(req)
             if lease.acquired:
-                return await self._create(req, token)
+                return await self._create(req, token, lease_seconds)
             if lease.payload is not None:
                 entry = decode_entry(key, lease.payload)
                 if entry is not None:
@@ -255,16 +258,16 @@ class DogpileLock:
 
     # -- the holder ----------------------------------------------------------------------
 
-    async def _create(self, req: _Request, token: str) -> Any:
+    async def _create(self, req: _Request, token: str, lease_seconds: float | None) -> Any:
         key, ttl_seconds, stale_ttl = req.key, req.ttl_seconds, req.stale_ttl
         backend = self._backend
         heartbeat: asyncio.Task[None] | None = None
-        lease_seconds = backend._lease_seconds
         if lease_seconds is not None:
             heartbeat = asyncio.create_task(self._heartbeat(key, token, lease_seconds))
         try:
             creator = req.creator
-            if _is_async_function(creator):
+            # A plain ``async def`` is awaited here; anything else goes to call_creator.
+            if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
                 value = await creator()
             else:
                 value = await call_creator(creator)
@@ -282,8 +285,10 @@ class DogpileLock:
         if heartbeat is not None:
             await _stop(heartbeat)
         self._stats.regenerations += 1
+        # How long the backend keeps the entry: its TTL plus any stale window, in ms.
+        ttl_ms = None if ttl_seconds is None else (ttl_seconds + (stale_ttl or 0)) * 1000
         try:
-            await backend._commit(key, token, payload, _ttl_ms(ttl_seconds, stale_ttl))
+            await backend._commit(key, token, payload, ttl_ms)
         except _BACKEND_ERRORS:
             if not req.fallback_on_error:
                 raise
@@ -324,7 +329,8 @@ class DogpileLock:
             return stale
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-        token = secrets.token_hex(16) if self._backend._lease_seconds is not None else ""
+        lease_seconds = self._backend._lease_seconds
+        token = "" if lease_seconds is None else secrets.token_hex(16)
         try:
             try:
                 # ignore=payload: if another process refreshed the entry meanwhile, the new
@@ -346,7 +352,7 @@ class DogpileLock:
                 return stale
             stats.misses += 1
             try:
-                value = await self._create(req, token)
+                value = await self._create(req, token, lease_seconds)
             except Exception as exc:
                 _settle(flight, exc)
                 raise
@@ -369,13 +375,6 @@ class DogpileLock:
         except Exception:
             self._stats.creator_errors += 1
             raise
-
-
-def _ttl_ms(ttl_seconds: int | None, stale_ttl: int | None) -> int | None:
-    """How long the backend keeps an entry: its TTL plus any stale window, in ms."""
-    if ttl_seconds is None:
-        return None
-    return (ttl_seconds + (stale_ttl or 0)) * 1000
 
 
 def _settle(flight: asyncio.Future[Any], exc: BaseException) -> None:

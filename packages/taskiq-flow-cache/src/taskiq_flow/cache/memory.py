@@ -69,15 +69,12 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
 
     # -- storage ---------------------------------------------------------------------------
 
-    def _put(self, key: str, payload: bytes, ttl_ms: int | None) -> None:
-        now = time.time()
-        self._store.put(key, (payload, now, None if ttl_ms is None else now + ttl_ms / 1000))
-
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl_seconds`` (``None``: ``default_ttl``)."""
         check_cache_key(key)
         ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
-        self._put(key, encode_entry(key, value), None if ttl is None else ttl * 1000)
+        now = time.time()
+        self._store.put(key, (encode_entry(key, value), now, None if ttl is None else now + ttl))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether a live entry was there."""
@@ -105,4 +102,5 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
         if payload is not None:
-            self._put(key, payload, ttl_ms)
+            now = time.time()
+            self._store.put(key, (payload, now, None if ttl_ms is None else now + ttl_ms / 1000))

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 __all__ = ["Item", "TTLStore"]
 
+_heappush = heapq.heappush
+
 Item = tuple[bytes, float, float | None]
 """An entry as held: encoded value, created_at, expires_at (``None``: never)."""
 
@@ -60,13 +62,13 @@ class TTLStore:
         data[key] = item
         heap = self._expiries
         if item[2] is not None:
-            heapq.heappush(heap, (item[2], key))
+            _heappush(heap, (item[2], key))
         # The common write (nothing expired, nothing to evict) stops at these checks.
         # Expired entries go first, so the LRU bound never evicts a live one for them.
         if heap and (heap[0][0] <= item[1] or len(heap) > 2 * len(data) + 64):
             self._sweep(item[1])
         max_entries = self.max_entries
-        if max_entries is not None:
+        if max_entries is not None and len(data) > max_entries:
             while len(data) > max_entries:
                 data.popitem(last=False)
 
