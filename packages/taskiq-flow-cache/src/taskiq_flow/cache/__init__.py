@@ -8,7 +8,7 @@ cross-process lock on Redis.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskiq_flow.cache.base import BaseCacheAdapter
 from taskiq_flow.cache.errors import (
@@ -21,6 +21,7 @@ from taskiq_flow.cache.errors import (
     CacheValueError,
 )
 from taskiq_flow.cache.memory import InMemoryCacheAdapter
+from taskiq_flow.storage.kit.lifecycle import lazy_exports
 
 if TYPE_CHECKING:
     from taskiq_flow.cache.redis import RedisCacheAdapter
@@ -39,11 +40,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The Redis adapter needs the optional `redis` client: import it only when asked for.
-    if name == "RedisCacheAdapter":
-        from taskiq_flow.cache.redis import RedisCacheAdapter  # noqa: PLC0415
-
-        return RedisCacheAdapter
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+# The Redis adapter needs the optional `redis` client: import it only when asked for.
+__getattr__ = lazy_exports(__name__, {"RedisCacheAdapter": "taskiq_flow.cache.redis"})

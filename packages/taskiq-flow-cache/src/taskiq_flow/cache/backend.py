@@ -18,7 +18,6 @@ Creator = Callable[[], Any] | Callable[[], Awaitable[Any]]
 """A zero-argument callable producing the value: sync (run in a thread) or async."""
 
 
-
 class LeaseResult(NamedTuple):
     """Outcome of one lease attempt."""
 

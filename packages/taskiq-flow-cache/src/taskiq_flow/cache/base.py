@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from taskiq_flow.cache.codec import decode_entry
 from taskiq_flow.cache.errors import CacheKeyError, CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
 from taskiq_flow.cache.stats import CacheStats
 from taskiq_flow.storage.kit.checks import check_key, check_seconds, check_ttl
+from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
 __all__ = ["BaseCacheAdapter", "check_cache_key", "check_cache_seconds", "check_cache_ttl"]
 
@@ -48,7 +48,7 @@ def check_cache_seconds(value: object, name: str) -> float:
     return check_seconds(value, name, CacheValueError.about)
 
 
-class BaseCacheAdapter(ABC):
+class BaseCacheAdapter(AsyncClosing, ABC):
     """A cache with a dogpile-protected ``get_or_create``.
 
     Values are anything msgspec's msgpack encoder accepts, stored encoded (a later mutation
@@ -118,20 +118,6 @@ class BaseCacheAdapter(ABC):
     @abstractmethod
     async def clear(self) -> int:
         """Remove every entry of this adapter (and nothing else); return how many."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release connections. Idempotent."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- dogpile ---------------------------------------------------------------------------
 
@@ -208,9 +194,7 @@ class BaseCacheAdapter(ABC):
         """The stored entry bytes under a checked ``key``, or ``None``."""
 
     @abstractmethod
-    async def _acquire_lease(
-        self, key: str, token: str, *, ignore: bytes | None
-    ) -> LeaseResult:
+    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
         """See :meth:`taskiq_flow.cache.lock.LockBackend._acquire_lease`."""
 
     async def _renew_lease(self, key: str, token: str) -> bool:

@@ -21,12 +21,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any, cast
 
-try:
-    import redis.asyncio as aioredis
-except ImportError as exc:  # pragma: no cover - exercised without the extra installed
-    msg = "RedisCacheAdapter needs the redis client: pip install 'taskiq-flow-cache[redis]'"
-    raise ImportError(msg, name=exc.name) from exc
-
 from taskiq_flow.cache.backend import LeaseResult
 from taskiq_flow.cache.base import (
     BaseCacheAdapter,
@@ -37,7 +31,7 @@ from taskiq_flow.cache.base import (
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
 from taskiq_flow.storage.glob import escape_glob
-from taskiq_flow.storage.kit.redis import RedisConnection, RedisErrors
+from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
 
@@ -82,7 +76,8 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return released
 """
 
-class RedisCacheAdapter(BaseCacheAdapter):
+
+class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
     """A Redis-backed cache whose ``get_or_create`` holds across processes.
 
     Args:
@@ -150,7 +145,6 @@ class RedisCacheAdapter(BaseCacheAdapter):
             retries=retries,
             max_connections=max_connections,
         )
-        self.location = self._redis.location
         self.key_prefix = key_prefix
         self.lock_timeout = lease
         self._lease_ms = max(1, int(lease * 1000))
@@ -188,20 +182,8 @@ class RedisCacheAdapter(BaseCacheAdapter):
         return CacheBackendError(operation, detail)
 
     def __repr__(self) -> str:
-        return (
-            f"RedisCacheAdapter({self.location!r}, key_prefix={self.key_prefix!r}, "
-            f"lock_timeout={self.lock_timeout})"
-        )
-
-    @property
-    def client(self) -> aioredis.Redis:
-        """The underlying ``redis.asyncio.Redis`` client (the one given, or the adapter's)."""
-        return self._redis.client
-
-    @property
-    def connection(self) -> RedisConnection:
-        """The adapter's :class:`~taskiq_flow.storage.kit.redis.RedisConnection`."""
-        return self._redis
+        options = f"key_prefix={self.key_prefix!r}, lock_timeout={self.lock_timeout}"
+        return f"RedisCacheAdapter({self.location!r}, {options})"
 
     # -- storage ---------------------------------------------------------------------------
 

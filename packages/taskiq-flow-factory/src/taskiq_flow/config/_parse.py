@@ -141,8 +141,7 @@ def parse_sqlite_path(raw: object, source: str) -> str | None:
     except InvalidStorageURLError as exc:
         forms = "; ".join(SQLITE_PATH_FORMS)
         msg = (
-            f"{source}={exc.url!r} is not a SQLite location: {exc.reason}. "
-            f"Accepted forms: {forms}"
+            f"{source}={exc.url!r} is not a SQLite location: {exc.reason}. Accepted forms: {forms}"
         )
         raise ConfigError(msg, source=source, allowed=SQLITE_PATH_FORMS) from None
     return value

@@ -9,7 +9,7 @@ the building blocks the other taskiq-flow packages share.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskiq_flow.storage.base import BaseStorageAdapter
 from taskiq_flow.storage.entry import StorageEntry
@@ -24,6 +24,7 @@ from taskiq_flow.storage.errors import (
     StorageSerializationError,
 )
 from taskiq_flow.storage.glob import glob_match
+from taskiq_flow.storage.kit.lifecycle import lazy_exports
 from taskiq_flow.storage.memory import InMemoryStorageAdapter
 
 if TYPE_CHECKING:
@@ -48,18 +49,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The Redis adapter needs the optional redis client: import it on first use only,
-    # so that a missing extra fails where Redis is asked for, naming the extra. The
-    # SQLite adapter is loaded on first use too: the cache package imports this package
-    # for its low-level API (taskiq_flow.storage.kit), not for a database driver.
-    if name == "RedisStorageAdapter":
-        from taskiq_flow.storage.redis import RedisStorageAdapter  # noqa: PLC0415
-
-        return RedisStorageAdapter
-    if name == "SQLiteStorageAdapter":
-        from taskiq_flow.storage.sqlite import SQLiteStorageAdapter  # noqa: PLC0415
-
-        return SQLiteStorageAdapter
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+# The Redis adapter needs the optional redis client, the SQLite one a database driver:
+# both are imported on first use, so a missing extra fails where it is asked for (naming
+# the extra), and the cache package, which imports this one for its low-level API
+# (taskiq_flow.storage.kit), loads neither.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "RedisStorageAdapter": "taskiq_flow.storage.redis",
+        "SQLiteStorageAdapter": "taskiq_flow.storage.sqlite",
+    },
+)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 from taskiq_flow.storage.codec import decode
 from taskiq_flow.storage.entry import StorageEntry
 from taskiq_flow.storage.kit.checks import check_key, check_timestamp, check_ttl
+from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
 RawEntry = tuple[bytes | memoryview, float, float | None]
 """A live entry as a backend holds it: encoded value, created and expiry epoch seconds."""
@@ -22,7 +22,7 @@ def _datetime(key: str, name: str, value: object) -> datetime:
     return datetime.fromtimestamp(check_timestamp(key, name, value), UTC)
 
 
-class BaseStorageAdapter(ABC):
+class BaseStorageAdapter(AsyncClosing, ABC):
     """A key-value store with per-key TTL, the same contract on every backend.
 
     Values are anything msgspec encodes (builtins, ``datetime``, ``UUID``, ``Decimal``,
@@ -170,14 +170,3 @@ class BaseStorageAdapter(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections. Idempotent; the adapter reconnects if used again."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -17,12 +17,6 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar
 
-try:
-    from redis import asyncio as aioredis
-except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
-    msg = "RedisStorageAdapter needs the redis client: pip install 'taskiq-flow-storage[redis]'"
-    raise ImportError(msg, name=exc.name) from exc
-
 from taskiq_flow.storage.base import BaseStorageAdapter, RawEntry
 from taskiq_flow.storage.codec import decode, encode
 from taskiq_flow.storage.errors import (
@@ -34,7 +28,7 @@ from taskiq_flow.storage.errors import (
 )
 from taskiq_flow.storage.glob import escape_glob
 from taskiq_flow.storage.kit.checks import check_key, check_keys, check_pattern, check_ttl
-from taskiq_flow.storage.kit.redis import RedisConnection, RedisErrors
+from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["RedisStorageAdapter"]
 
@@ -94,7 +88,7 @@ STORAGE_REDIS_ERRORS = RedisErrors(
 """How the storage package names Redis failures (for :class:`RedisConnection`)."""
 
 
-class RedisStorageAdapter(BaseStorageAdapter):
+class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
     """Entries in Redis, as strings under ``key_prefix``, expiring natively.
 
     The connection (URL parsing, retries, concurrency limit, error mapping) is a
@@ -150,7 +144,6 @@ class RedisStorageAdapter(BaseStorageAdapter):
             retries=retries,
             max_connections=max_connections,
         )
-        self.location = self._redis.location
         self._commands = self._redis.commands
         errors = self._redis.errors
         self._on_set, self._on_add, self._on_get = errors("set"), errors("add"), errors("get")
@@ -165,16 +158,6 @@ class RedisStorageAdapter(BaseStorageAdapter):
             f"RedisStorageAdapter({self.location!r}, key_prefix={self.key_prefix!r}, "
             f"ttl_seconds={self.ttl_seconds!r})"
         )
-
-    @property
-    def client(self) -> aioredis.Redis:
-        """The ``redis.asyncio.Redis`` client in use (the one given, or the adapter's own)."""
-        return self._redis.client
-
-    @property
-    def connection(self) -> RedisConnection:
-        """The adapter's :class:`~taskiq_flow.storage.kit.redis.RedisConnection`."""
-        return self._redis
 
     def _pack(self, key: str, value: Any, ttl: int | None, now: float) -> bytes:
         return _HEADER.pack(_VERSION, now, 0.0 if ttl is None else now + ttl) + encode(key, value)

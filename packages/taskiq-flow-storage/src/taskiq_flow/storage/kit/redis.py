@@ -15,7 +15,9 @@ client here: a URL or an existing ``redis.asyncio.Redis`` becomes a connection w
   ``map_exceptions``): ``redis.RedisError`` and ``OSError`` become the calling
   package's connection or backend error, raised ``from`` the driver's.
 
-Needs the ``redis`` extra (``pip install 'taskiq-flow-storage[redis]'``).
+Needs the ``redis`` extra (``pip install 'taskiq-flow-storage[redis]'``; the cache's
+``[redis]`` extra brings it too): without it, importing this module — and so either
+Redis adapter — raises an ``ImportError`` naming both extras.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ try:
     from redis.exceptions import RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
-    msg = "the Redis layer needs the redis client: pip install 'taskiq-flow-storage[redis]'"
+    msg = (
+        "taskiq-flow's Redis adapters need the redis client: pip install "
+        "'taskiq-flow-storage[redis]' (storage) or 'taskiq-flow-cache[redis]' (cache)"
+    )
     raise ImportError(msg, name=exc.name) from exc
 
 from taskiq_flow.storage.kit.checks import ErrorFactory, check_count, check_seconds
 from taskiq_flow.storage.kit.urls import check_redis_url, redact_url
 
-__all__ = ["DRIVER_ERRORS", "RedisConnection", "RedisErrors"]
+__all__ = ["DRIVER_ERRORS", "RedisBacked", "RedisConnection", "RedisErrors", "aioredis"]
 
 DRIVER_ERRORS = (RedisError, OSError)
 """What the redis client raises; :meth:`RedisConnection.errors` maps all of it."""
@@ -252,3 +257,24 @@ class RedisConnection:
             return
         with self.errors("close"):
             await self.client.aclose()
+
+
+class RedisBacked:
+    """What every adapter over a :class:`RedisConnection` exposes (set ``self._redis``)."""
+
+    _redis: RedisConnection
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The ``redis.asyncio.Redis`` client in use (the one given, or the adapter's own)."""
+        return self._redis.client
+
+    @property
+    def connection(self) -> RedisConnection:
+        """The adapter's :class:`RedisConnection` (retries, limits, error mapping)."""
+        return self._redis
+
+    @property
+    def location(self) -> str:
+        """Where the server is, with any password masked (for logs and errors)."""
+        return self._redis.location
