@@ -12,7 +12,7 @@ import pytest
 from taskiq import Context, InMemoryBroker, TaskiqDepends
 from taskiq.middlewares import SimpleRetryMiddleware
 
-from taskiq_flow.cache import InMemoryCacheAdapter
+from taskiq_flow.cache import CacheValueError, InMemoryCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.storage import InMemoryStorageAdapter
 
@@ -510,3 +510,72 @@ def test_key_forms_never_collide() -> None:
     unbindable = cache_key_digest(pair, [1, 2, 3], {})
     assert bound != unbindable
     assert cache_key_digest(pair, [1, 2], {}) == cache_key_digest(pair, [], {"b": 2, "a": 1})
+
+
+async def _twice_uncached_with_one_warning(
+    cache: InMemoryCacheAdapter, caplog: pytest.LogCaptureFixture, **labels: str
+) -> dict[str, int]:
+    """Send ``inc(1)`` twice with ``labels``; check both ran, uncached, with one warning.
+
+    Returns the middleware's counters. The first call passes the labels in the guide's
+    ``kiq(..., labels={...})`` form, the second with ``kicker().with_labels(...)``.
+    """
+    broker = InMemoryBroker(await_inplace=True)
+    middleware = CacheMiddleware(cache)
+    broker.add_middlewares(middleware)
+    runs = 0
+
+    @broker.task
+    async def inc(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        return x + 1
+
+    await broker.startup()
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskiq_flow.middlewares"):
+            for sent in (
+                await inc.kiq(1, labels=labels),
+                await inc.kicker().with_labels(**labels).kiq(1),
+            ):
+                res = await sent.wait_result(timeout=5)
+                assert not res.is_err
+                assert res.return_value == 2
+                assert "cache_hit" not in res.labels
+    finally:
+        await broker.shutdown()
+    assert runs == 2
+    ours = [r for r in caplog.records if r.name == "taskiq_flow.middlewares"]
+    assert len(ours) == 1, [r.getMessage() for r in ours]
+    assert inc.task_name in ours[0].getMessage()
+    assert ours[0].exc_info is None  # a warning, not a traceback
+    return middleware.get_stats()["middleware"]
+
+
+async def test_unencodable_cache_key_label_runs_uncached_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A lone surrogate cannot be encoded as UTF-8, so no backend can hold the key: the
+    # task must still succeed, uncached, with one warning (not one, or a traceback, per call).
+    counters = await _twice_uncached_with_one_warning(
+        InMemoryCacheAdapter(), caplog, cache_key="\udc80"
+    )
+    assert counters["uncacheable_keys"] == 2
+    assert counters["cache_failures"] == 0
+
+
+class _RefusingCache(InMemoryCacheAdapter):
+    """Refuses every key in get_or_create, as an adapter does for a key it cannot hold."""
+
+    async def get_or_create(self, key, creator, ttl_seconds=None, **kwargs):  # type: ignore[no-untyped-def]
+        raise CacheValueError(f"cannot hold key {key!r}")
+
+
+async def test_key_refused_by_the_cache_runs_uncached_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whatever else an adapter refuses (a CacheValueError before the creator runs) is a
+    # property of the call, not an outage: the same one warning, no traceback per call.
+    counters = await _twice_uncached_with_one_warning(_RefusingCache(), caplog, cache_key="fine")
+    assert counters["uncacheable_keys"] == 2
+    assert counters["cache_failures"] == 0

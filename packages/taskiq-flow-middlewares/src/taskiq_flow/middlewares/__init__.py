@@ -8,7 +8,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.middlewares.cache import CacheMiddleware
-from taskiq_flow.middlewares.errors import CachedTaskError, MiddlewareError
+from taskiq_flow.middlewares.errors import (
+    CachedTaskError,
+    MiddlewareConfigError,
+    MiddlewareConfigTypeError,
+    MiddlewareError,
+)
 from taskiq_flow.middlewares.storage import StorageMiddleware, record_key
 
 if TYPE_CHECKING:
@@ -39,6 +44,8 @@ __all__ = [
     "CachedTaskError",
     "DataflowPipeline",
     "DataflowRun",
+    "MiddlewareConfigError",
+    "MiddlewareConfigTypeError",
     "MiddlewareError",
     "PipelineDefinitionError",
     "PipelineError",

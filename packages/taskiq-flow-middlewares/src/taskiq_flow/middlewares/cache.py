@@ -1,110 +1,44 @@
 """CacheMiddleware: answer a repeated task call from the cache, without calling the function.
 
-taskiq gives a middleware no way to skip a task: ``pre_execute`` can only return a
-message, and the receiver then calls ``task.original_func``. So this middleware wraps
-``original_func`` of every task it sees (once, in place, keeping the signature for
-taskiq's parameter parsing and dependency injection) and hands each call its cache
-decision through a context variable set in ``pre_execute``:
-
-- async tasks: the wrapper is a coroutine function that asks the cache, which runs the
-  real function under the dogpile lock on a miss;
-- sync tasks: the wrapper stays a plain function, so taskiq still runs it in the worker's
-  executor; from that thread it asks the cache on the event loop, and when the cache
-  elects this call as the creator, the real function runs right here in the thread.
-
-A direct call of the function outside a worker (no message in context) goes straight to
-the original.
+``pre_execute`` decides, per message, whether and under which key its call uses the
+cache; the task's wrapper (see :mod:`taskiq_flow.middlewares._wrapping`) hands the
+claimed call to :meth:`CacheMiddleware._resolve`, which asks the cache adapter's
+``get_or_create`` and runs the real function (once across workers) on a miss.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import inspect
 import logging
-import operator
-import queue
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware
 from taskiq.abc.broker import AsyncBroker
 
-from taskiq_flow.cache import BaseCacheAdapter, CacheError, CacheLockTimeout, InMemoryCacheAdapter
+from taskiq_flow.cache import (
+    BaseCacheAdapter,
+    CacheError,
+    CacheLockTimeout,
+    CacheValueError,
+    InMemoryCacheAdapter,
+)
 from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares._wrapping import (
+    CURRENT,
+    MISSING,
+    CacheCall,
+    answered_from_cache,
+    is_wrapped,
+    make_wrapper,
+    original,
+)
+from taskiq_flow.middlewares.errors import MiddlewareConfigError, MiddlewareConfigTypeError
 
-__all__ = ["CacheMiddleware"]
+# answered_from_cache lives with the wrapper; it stays importable from here, as before.
+__all__ = ["CacheMiddleware", "answered_from_cache"]
 
 logger = logging.getLogger("taskiq_flow.middlewares")
-
-_WRAPPED_MARK = "__taskiq_flow_cache_wrapped__"
-
-
-class _Call:
-    """The cache decision for one message, handed from pre_execute to the wrapper."""
-
-    __slots__ = ("cache_errors", "hit", "key", "loop", "message", "middleware", "taken", "ttl")
-
-    def __init__(  # noqa: PLR0917 - built for every message; positional is the cheap call
-        self,
-        middleware: CacheMiddleware,
-        message: TaskiqMessage,
-        key: str,
-        ttl: int,
-        cache_errors: bool,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.middleware = middleware
-        self.message = message
-        self.key = key
-        self.ttl = ttl
-        self.cache_errors = cache_errors
-        self.loop = loop
-        self.taken = False
-        self.hit = False
-
-    def take(self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Claim this decision for the one call it was made for.
-
-        The receiver calls the function with the message's own argument objects; any
-        other call (a direct or recursive call, or one after a failed dependency left
-        this decision unused) runs uncached.
-        """
-        message = self.message
-        if self.taken or message.task_name != task_name:
-            return False
-        sent = message.args
-        if len(args) != len(sent) or not all(map(operator.is_, args, sent)):
-            return False
-        if message.kwargs:
-            for name, value in message.kwargs.items():
-                if kwargs.get(name, _MISSING) is not value:
-                    return False
-        self.taken = True
-        return True
-
-
-_MISSING = object()
-
-# Set by pre_execute in the receiver's context; never cleared: the next message
-# overwrites it, ``take`` lets only the message's own call use it (once), and a worker
-# runs each message in a task of its own (a copied context).
-_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
-    "taskiq_flow_cache_call",
-    default=None,
-)
-
-
-def answered_from_cache(message: TaskiqMessage) -> bool:
-    """Whether CacheMiddleware answered ``message`` from the cache in this process.
-
-    Asked by StorageMiddleware in ``post_execute`` (same context as ``pre_execute``).
-    A ``cache_hit`` label alone is no proof: a sender can set any label.
-    """
-    call = _CURRENT.get()
-    # By task id, not identity: a middleware's pre_execute may return a copied message.
-    return call is not None and call.hit and call.message.task_id == message.task_id
 
 
 class _Uncacheable(Exception):
@@ -129,6 +63,10 @@ class CacheMiddleware(TaskiqMiddleware):
     ``task.kiq(..., labels={...})``): ``cache_ttl``, ``cache_errors``, ``cache``
     (``"false"`` = bypass), ``cache_key`` (an explicit key). Results answered from the
     cache carry the label ``cache_hit="true"``.
+
+    Raises:
+        MiddlewareConfigError: a bad ``default_ttl`` (a ``ValueError``).
+        MiddlewareConfigTypeError: ``cache`` is not a ``BaseCacheAdapter`` (a ``TypeError``).
     """
 
     def __init__(
@@ -141,11 +79,15 @@ class CacheMiddleware(TaskiqMiddleware):
     ) -> None:
         super().__init__()
         if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl < 0:
-            msg = f"default_ttl must be a whole number of seconds >= 0, got {default_ttl!r}"
-            raise ValueError(msg)
+            raise MiddlewareConfigError(
+                name="default_ttl",
+                expected="a whole number of seconds >= 0",
+                got=repr(default_ttl),
+            )
         if cache is not None and not isinstance(cache, BaseCacheAdapter):
-            msg = f"cache must be a BaseCacheAdapter, got {type(cache).__qualname__}"
-            raise TypeError(msg)
+            raise MiddlewareConfigTypeError(
+                name="cache", expected="a BaseCacheAdapter", got=type(cache).__qualname__
+            )
         self.cache = cache if cache is not None else InMemoryCacheAdapter()
         self.default_ttl = default_ttl
         self.enabled = enabled
@@ -155,11 +97,14 @@ class CacheMiddleware(TaskiqMiddleware):
             "executions": 0,
             "bypassed": 0,
             "uncacheable_args": 0,
+            "uncacheable_keys": 0,
             "uncacheable_results": 0,
             "cache_failures": 0,
             "lock_timeouts": 0,
         }
         self._warned_tasks: set[str] = set()
+        # Bound once, handed to every decision (a bound method per message costs more).
+        self._resolve_call = self._resolve
         # task name -> (task, its wrapper, the original function, its argument binder)
         self._known: dict[str, tuple[Any, Callable[..., Any], Callable[..., Any], Any]] = {}
 
@@ -171,7 +116,8 @@ class CacheMiddleware(TaskiqMiddleware):
     @cache.setter
     def cache(self, cache: BaseCacheAdapter) -> None:
         self._cache = cache
-        self._get_or_create = _cache_entry_point(cache)
+        # Looked up once: every miss and every hit goes through it.
+        self._get_or_create = cache.get_or_create
 
     # -- taskiq hooks ----------------------------------------------------------------
 
@@ -195,7 +141,7 @@ class CacheMiddleware(TaskiqMiddleware):
         if "labels" not in message.kwargs:
             return message
         task = self.broker.find_task(message.task_name)
-        func = _original(task.original_func) if task is not None else None
+        func = original(task.original_func) if task is not None else None
         _labels.lift_labels_kwarg(message, func, wire_format=True)
         return message
 
@@ -207,7 +153,7 @@ class CacheMiddleware(TaskiqMiddleware):
         known = self._known.get(task_name)
         if known is None or known[0] is not task or task.original_func is not known[1]:
             if task is None:
-                _CURRENT.set(None)
+                CURRENT.set(None)
                 return message
             known = self._learn(task)
         if message.kwargs and "labels" in message.kwargs:
@@ -219,7 +165,7 @@ class CacheMiddleware(TaskiqMiddleware):
         decision = self._decide(message, known[3])
         if decision is None:
             self._counters["bypassed"] += 1
-        _CURRENT.set(decision)
+        CURRENT.set(decision)
         return message
 
     async def shutdown(self) -> None:
@@ -236,7 +182,7 @@ class CacheMiddleware(TaskiqMiddleware):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _decide(self, message: TaskiqMessage, binder: _codec.Binder) -> _Call | None:
+    def _decide(self, message: TaskiqMessage, binder: _codec.Binder) -> CacheCall | None:
         """The decision for ``message``, or ``None`` when it runs uncached."""
         if not self.enabled:
             return None
@@ -254,23 +200,38 @@ class CacheMiddleware(TaskiqMiddleware):
             explicit = labels.get(_labels.LABEL_CACHE_KEY)
         if ttl == 0:
             return None
-        if explicit is not None and str(explicit):
+        if explicit is not None and (explicit := str(explicit)):
+            # Backends store keys as UTF-8, which a lone surrogate cannot be. Checked here,
+            # where it is a bypass decision, and only for explicit keys (digests are hex).
+            if not explicit.isascii() and (problem := _not_utf8(explicit)) is not None:
+                self._count_and_warn_once(
+                    "uncacheable_keys",
+                    message.task_name,
+                    "Task %s runs uncached: its cache_key label is not a usable key (%s).",
+                    problem,
+                )
+                return None
             key = f"{message.task_name}:key:{explicit}"
         else:
             try:
                 digest = binder.digest(message.args, message.kwargs)
             except _codec.Unencodable as exc:
-                self._counters["uncacheable_args"] += 1
-                self._warn_once(
+                self._count_and_warn_once(
+                    "uncacheable_args",
                     message.task_name,
                     "Task %s runs uncached: its arguments cannot be encoded (%s).",
                     exc,
                 )
                 return None
             key = f"{message.task_name}:{digest}"
-        return _Call(self, message, key, ttl, cache_errors, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        return CacheCall(self._resolve_call, message, key, ttl, cache_errors, loop)
 
-    def _warn_once(self, task_name: str, template: str, detail: object) -> None:
+    def _count_and_warn_once(
+        self, counter: str, task_name: str, template: str, detail: object
+    ) -> None:
+        """Count a call that runs uncached; warn about it once per task name."""
+        self._counters[counter] += 1
         if task_name in self._warned_tasks:
             return
         self._warned_tasks.add(task_name)
@@ -278,22 +239,22 @@ class CacheMiddleware(TaskiqMiddleware):
 
     def _wrap(self, task: Any) -> None:
         func = task.original_func
-        if getattr(func, _WRAPPED_MARK, False):
+        if is_wrapped(func):
             return
-        task.original_func = _make_wrapper(task.task_name, func)
+        task.original_func = make_wrapper(task.task_name, func)
 
     def _learn(self, task: Any) -> tuple[Any, Callable[..., Any], Callable[..., Any], Any]:
         """Wrap ``task`` if needed and remember what each of its messages needs."""
         self._wrap(task)
         wrapper = task.original_func
-        func = _original(wrapper)
+        func = original(wrapper)
         known = (task, wrapper, func, _codec.binder(func))
         self._known[task.task_name] = known
         return known
 
     async def _resolve(
         self,
-        call: _Call,
+        call: CacheCall,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -306,7 +267,7 @@ class CacheMiddleware(TaskiqMiddleware):
         """
         # What this call's own execution produced, if the cache elected it as creator:
         # the caller gets the original object (or exception), not a decoded copy.
-        produced: Any = _MISSING
+        produced: Any = MISSING
         failed: Exception | None = None
 
         async def creator() -> bytes:
@@ -327,8 +288,9 @@ class CacheMiddleware(TaskiqMiddleware):
 
         while True:
             try:
+                # stale_ttl left out: None means the adapter's own default_stale_ttl.
                 payload = await self._get_or_create(
-                    call.key, creator, call.ttl, self._cache.default_stale_ttl, True
+                    call.key, creator, call.ttl, fallback_on_error=True
                 )
                 break
             except CacheLockTimeout:
@@ -342,39 +304,48 @@ class CacheMiddleware(TaskiqMiddleware):
                     call.key,
                 )
             except _Uncacheable as exc:
-                self._counters["uncacheable_results"] += 1
-                self._warn_once(
+                self._count_and_warn_once(
+                    "uncacheable_results",
                     call.message.task_name,
                     "Task %s: its result cannot be encoded, so it is not cached (%s).",
                     exc,
                 )
                 # A waiter in this process gets the creator's very object.
                 return exc.value
-            except CacheError:
-                self._counters["cache_failures"] += 1
-                if failed is not None:
-                    # Our own run finished; only the cache write failed.
-                    logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
-                    raise failed from None
-                if produced is not _MISSING:
-                    logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
-                    return produced
-                logger.warning(
-                    "Cache unavailable for task %s; running it uncached.",
-                    call.message.task_name,
-                    exc_info=True,
-                )
+            except CacheError as exc:
+                if failed is None and produced is MISSING and isinstance(exc, CacheValueError):
+                    # The adapter refused the key or TTL before running anything: a
+                    # property of this call, not an outage. Once per task, no traceback.
+                    self._count_and_warn_once(
+                        "uncacheable_keys",
+                        call.message.task_name,
+                        "Task %s runs uncached: the cache refused its key or TTL (%s).",
+                        exc,
+                    )
+                else:
+                    self._counters["cache_failures"] += 1
+                    if failed is not None or produced is not MISSING:
+                        # Our own run finished; only the cache write failed.
+                        logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
+                        if failed is not None:
+                            raise failed from None
+                        return produced
+                    logger.warning(
+                        "Cache unavailable for task %s; running it uncached.",
+                        call.message.task_name,
+                        exc_info=True,
+                    )
                 self._counters["executions"] += 1
                 return await (func(*args, **kwargs) if run is None else run())
         if failed is not None:
             raise failed
-        if produced is not _MISSING:
+        if produced is not MISSING:
             return produced
         return await self._hit(call, payload, func, args, kwargs, run=run)
 
     async def _hit(
         self,
-        call: _Call,
+        call: CacheCall,
         payload: Any,
         func: Callable[..., Any],
         args: tuple[Any, ...],
@@ -396,113 +367,10 @@ class CacheMiddleware(TaskiqMiddleware):
         return cached.value
 
 
-_EntryPoint = Callable[[str, Callable[[], Awaitable[bytes]], int, int | None, bool], Awaitable[Any]]
-
-
-def _cache_entry_point(cache: BaseCacheAdapter) -> _EntryPoint:
-    """``cache.get_or_create`` taking (key, creator, ttl, stale_ttl, fallback) positionally.
-
-    The middleware has already validated key and TTL, so an adapter that keeps the base
-    class's ``get_or_create`` is entered straight at its dogpile lock; one that
-    overrides it is called through its override.
-    """
-    if type(cache).get_or_create is BaseCacheAdapter.get_or_create:
-        return cache._lock.get_or_create
-
-    def through(
-        key: str,
-        creator: Callable[[], Awaitable[bytes]],
-        ttl: int,
-        stale_ttl: int | None,
-        fallback: bool,
-    ) -> Awaitable[Any]:
-        return cache.get_or_create(
-            key, creator, ttl_seconds=ttl, stale_ttl=stale_ttl, fallback_on_error=fallback
-        )
-
-    return through
-
-
-def _original(func: Callable[..., Any]) -> Callable[..., Any]:
-    return getattr(func, "__taskiq_flow_original__", func)
-
-
-def _make_wrapper(task_name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = _CURRENT.get()
-            if call is None or not call.take(task_name, args, kwargs):
-                return await func(*args, **kwargs)
-            return await call.middleware._resolve(call, func, args, kwargs)
-
-        wrapper: Callable[..., Any] = async_wrapper
-    else:
-
-        @functools.wraps(func)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = _CURRENT.get()
-            if call is None or not call.take(task_name, args, kwargs):
-                return func(*args, **kwargs)
-            return _run_sync_call(call, func, args, kwargs)
-
-        wrapper = sync_wrapper
-    setattr(wrapper, _WRAPPED_MARK, True)
-    setattr(wrapper, "__taskiq_flow_original__", func)  # noqa: B010
-    return wrapper
-
-
-def _run_sync_call(
-    call: _Call,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run a sync task's cache dance from its executor thread.
-
-    The cache lives on the event loop; the function must run here, in the worker's
-    thread. When the cache elects this call to create the value, the loop asks this
-    thread to run the function and waits for the answer.
-    """
-    loop = call.loop
-    if _in_loop_thread(loop):
-        # Called on the loop itself (no executor): nothing may block here.
-        return func(*args, **kwargs)
-    inbox: queue.SimpleQueue[tuple[str, asyncio.Future[Any] | None]] = queue.SimpleQueue()
-
-    async def run() -> Any:
-        answer: asyncio.Future[Any] = loop.create_future()
-        inbox.put(("run", answer))
-        return await answer
-
-    outer = asyncio.run_coroutine_threadsafe(
-        call.middleware._resolve(call, func, args, kwargs, run), loop
-    )
-    outer.add_done_callback(lambda _: inbox.put(("done", None)))
-    while True:
-        kind, answer = inbox.get()
-        if kind == "done" or answer is None:
-            return outer.result()
-        try:
-            produced = func(*args, **kwargs)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, answer, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, answer, produced, None)
-
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
-def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+def _not_utf8(text: str) -> UnicodeEncodeError | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or ``None`` if it can."""
     try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return exc
+    return None

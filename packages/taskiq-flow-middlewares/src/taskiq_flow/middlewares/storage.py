@@ -15,6 +15,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import numbers
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,8 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from taskiq_flow.middlewares import _codec, _labels
-from taskiq_flow.middlewares.cache import answered_from_cache
+from taskiq_flow.middlewares._wrapping import answered_from_cache
+from taskiq_flow.middlewares.errors import MiddlewareConfigError, MiddlewareConfigTypeError
 from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
 
 __all__ = ["StorageMiddleware", "record_key"]
@@ -37,17 +39,36 @@ def check_storage_arguments(storage: object, ttl_seconds: object) -> None:
     """The constructor checks shared by StorageMiddleware and PipelineMiddleware.
 
     Raises:
-        TypeError: ``storage`` is neither ``None`` nor a ``BaseStorageAdapter``.
-        ValueError: ``ttl_seconds`` is neither ``None`` nor a whole number > 0.
+        MiddlewareConfigTypeError: ``storage`` is neither ``None`` nor a
+            ``BaseStorageAdapter`` (a ``TypeError``).
+        MiddlewareConfigError: ``ttl_seconds`` is neither ``None`` nor a whole number > 0
+            (a ``ValueError``).
     """
     if storage is not None and not isinstance(storage, BaseStorageAdapter):
-        msg = f"storage must be a BaseStorageAdapter, got {type(storage).__qualname__}"
-        raise TypeError(msg)
+        raise MiddlewareConfigTypeError(
+            name="storage", expected="a BaseStorageAdapter", got=type(storage).__qualname__
+        )
     if ttl_seconds is not None and (
         isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
     ):
-        msg = f"ttl_seconds must be a whole number of seconds > 0 or None, got {ttl_seconds!r}"
-        raise ValueError(msg)
+        raise MiddlewareConfigError(
+            name="ttl_seconds",
+            expected="a whole number of seconds > 0 or None",
+            got=repr(ttl_seconds),
+        )
+
+
+def check_number(name: str, value: object) -> None:
+    """Raise :class:`MiddlewareConfigTypeError` unless ``value`` is a real number.
+
+    For size options that were only ever compared or clamped, so any real number
+    (``1e4`` too) keeps working; a string or ``None`` is refused up front instead of
+    failing as a bare ``TypeError`` mid-comparison.
+    """
+    if not isinstance(value, numbers.Real):
+        raise MiddlewareConfigTypeError(
+            name=name, expected="a number", got=type(value).__qualname__
+        )
 
 
 def record_key(task_id: str, pipeline_id: str | None = None) -> str:
@@ -73,6 +94,11 @@ class StorageMiddleware(TaskiqMiddleware):
         max_retry_interval: the longest delay between retries.
         error_log_interval: at most one error log per this many seconds.
         shutdown_flush_timeout: how long ``shutdown`` keeps trying to flush the buffer.
+
+    Raises:
+        MiddlewareConfigError: a bad ``ttl_seconds`` or ``buffer_size`` (a ``ValueError``).
+        MiddlewareConfigTypeError: ``storage`` is not a ``BaseStorageAdapter``, or
+            ``buffer_size`` not a number (a ``TypeError``).
     """
 
     def __init__(
@@ -90,9 +116,9 @@ class StorageMiddleware(TaskiqMiddleware):
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
+        check_number("buffer_size", buffer_size)
         if buffer_size < 1:
-            msg = f"buffer_size must be >= 1, got {buffer_size!r}"
-            raise ValueError(msg)
+            raise MiddlewareConfigError(name="buffer_size", expected=">= 1", got=repr(buffer_size))
         self.storage: BaseStorageAdapter = (
             storage if storage is not None else InMemoryStorageAdapter()
         )

@@ -34,7 +34,11 @@ from taskiq_flow.middlewares.pipeline.state import (
     advance,
     failure_record,
 )
-from taskiq_flow.middlewares.storage import StorageMiddleware, check_storage_arguments
+from taskiq_flow.middlewares.storage import (
+    StorageMiddleware,
+    check_number,
+    check_storage_arguments,
+)
 from taskiq_flow.storage import (
     BaseStorageAdapter,
     InMemoryStorageAdapter,
@@ -96,6 +100,11 @@ class PipelineMiddleware(TaskiqMiddleware):
         ttl_seconds: how long a run's state is kept; ``None`` uses the storage's
             default TTL.
         spec_cache_size: how many run specs a worker keeps in memory (they never change).
+
+    Raises:
+        MiddlewareConfigError: a bad ``ttl_seconds`` (a ``ValueError``).
+        MiddlewareConfigTypeError: ``storage`` is not a ``BaseStorageAdapter``, or
+            ``spec_cache_size`` not a number (a ``TypeError``).
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class PipelineMiddleware(TaskiqMiddleware):
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
+        check_number("spec_cache_size", spec_cache_size)
         self.ttl_seconds = ttl_seconds
         self._storage = storage
         self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()

@@ -12,6 +12,7 @@ from typing import Any
 from taskiq import AsyncBroker, TaskiqResult
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
+from taskiq_flow.middlewares.errors import MiddlewareConfigError
 from taskiq_flow.middlewares.pipeline.errors import (
     PipelineDefinitionError,
     PipelineStepError,
@@ -21,6 +22,7 @@ from taskiq_flow.middlewares.pipeline.graph import Graph, GraphNode, RunSpec, ch
 from taskiq_flow.middlewares.pipeline.middleware import PipelineMiddleware
 from taskiq_flow.middlewares.pipeline.state import RunKeys
 from taskiq_flow.middlewares.pipeline.task import task_info
+from taskiq_flow.middlewares.storage import check_number
 from taskiq_flow.storage import BaseStorageAdapter, StorageSerializationError
 
 __all__ = ["DataflowPipeline", "DataflowRun"]
@@ -73,11 +75,15 @@ class DataflowRun:
             before it.
 
         Raises:
+            MiddlewareConfigError: ``poll_interval`` is not > 0 (a ``ValueError``; a
+                ``MiddlewareConfigTypeError``, also a ``TypeError``, if not a number).
             PipelineTimeoutError: the run did not finish within ``timeout``.
         """
-        if poll_interval <= 0:
-            msg = f"poll_interval must be > 0, got {poll_interval!r}"
-            raise ValueError(msg)
+        check_number("poll_interval", poll_interval)
+        if not poll_interval > 0:  # NaN too
+            raise MiddlewareConfigError(
+                name="poll_interval", expected="> 0 (seconds)", got=repr(poll_interval)
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(_FIRST_POLL, poll_interval)
         while True:
