@@ -153,11 +153,20 @@ class BaseCacheAdapter(AsyncClosing, ABC):
             CacheValueError: a bad key or TTL.
             Exception: whatever ``creator`` raised, unchanged (nothing is cached).
         """
-        check_cache_key(key)
-        ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
-        stale = (
-            self.default_stale_ttl if stale_ttl is None else check_cache_ttl(stale_ttl, "stale_ttl")
-        )
+        # The usual arguments (an ASCII key, an int TTL, no stale window) pass these
+        # inline tests; anything else goes through the full checks.
+        if type(key) is not str or not key or not key.isascii():
+            check_cache_key(key)
+        if ttl_seconds is None:
+            ttl = self.default_ttl
+        elif type(ttl_seconds) is int and ttl_seconds > 0:
+            ttl = ttl_seconds
+        else:
+            ttl = check_cache_ttl(ttl_seconds)
+        if stale_ttl is None:
+            stale = self.default_stale_ttl
+        else:
+            stale = check_cache_ttl(stale_ttl, "stale_ttl")
         if stale is not None and ttl is None:
             msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
             raise CacheValueError(msg)

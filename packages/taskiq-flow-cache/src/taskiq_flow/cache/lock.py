@@ -70,6 +70,9 @@ class _Request(NamedTuple):
     fallback_on_error: bool
 
 
+_new_request = tuple.__new__
+
+
 class _Pending:
     """The flight marker of a lone creator that nobody waits for yet."""
 
@@ -156,9 +159,11 @@ class DogpileLock:
         # registers one (they join it), so the entry popped below is always ours.
         flights[key] = _PENDING
         try:
-            value = await self._fill(
-                _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error), None, payload
+            # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
+            request = _new_request(
+                _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error)
             )
+            value = await self._fill(request, None, payload)
         except Exception as exc:
             joined = flights.pop(key, None)
             if isinstance(joined, asyncio.Future):

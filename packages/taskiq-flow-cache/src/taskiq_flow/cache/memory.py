@@ -22,6 +22,7 @@ from taskiq_flow.storage.kit.memory import TTLStore
 __all__ = ["InMemoryCacheAdapter"]
 
 _ACQUIRED = LeaseResult(None, True, None)
+_now = time.time
 
 
 class InMemoryCacheAdapter(BaseCacheAdapter):
@@ -88,7 +89,7 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
     # -- lease primitives: the in-process single flight already elected the creator ------
 
     async def _read_raw(self, key: str) -> bytes | None:
-        item = self._store.get(key, time.time())
+        item = self._store.get(key, _now())
         return None if item is None else item[0]
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
@@ -102,5 +103,5 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
         if payload is not None:
-            now = time.time()
+            now = _now()
             self._store.put(key, (payload, now, None if ttl_ms is None else now + ttl_ms / 1000))

@@ -19,10 +19,12 @@ from taskiq.abc.broker import AsyncBroker
 from taskiq_flow.cache import (
     BaseCacheAdapter,
     CacheError,
+    CacheKeyError,
     CacheLockTimeout,
     CacheValueError,
     InMemoryCacheAdapter,
 )
+from taskiq_flow.cache.base import check_cache_key
 from taskiq_flow.middlewares import _codec, _labels
 from taskiq_flow.middlewares._wrapping import (
     CURRENT,
@@ -203,14 +205,17 @@ class CacheMiddleware(TaskiqMiddleware):
         if explicit is not None and (explicit := str(explicit)):
             # Backends store keys as UTF-8, which a lone surrogate cannot be. Checked here,
             # where it is a bypass decision, and only for explicit keys (digests are hex).
-            if not explicit.isascii() and (problem := _not_utf8(explicit)) is not None:
-                self._count_and_warn_once(
-                    "uncacheable_keys",
-                    message.task_name,
-                    "Task %s runs uncached: its cache_key label is not a usable key (%s).",
-                    problem,
-                )
-                return None
+            if not explicit.isascii():
+                try:
+                    check_cache_key(explicit)
+                except CacheKeyError as problem:
+                    self._count_and_warn_once(
+                        "uncacheable_keys",
+                        message.task_name,
+                        "Task %s runs uncached: its cache_key label is not a usable key (%s).",
+                        problem,
+                    )
+                    return None
             key = f"{message.task_name}:key:{explicit}"
         else:
             try:
@@ -365,12 +370,3 @@ class CacheMiddleware(TaskiqMiddleware):
         if cached.error is not None:
             raise _codec.rebuild_exception(cached.error)
         return cached.value
-
-
-def _not_utf8(text: str) -> UnicodeEncodeError | None:
-    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or ``None`` if it can."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        return exc
-    return None

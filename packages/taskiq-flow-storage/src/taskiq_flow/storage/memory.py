@@ -53,8 +53,10 @@ class InMemoryStorageAdapter(BaseStorageAdapter):
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
         """Store ``value`` under ``key`` (see :meth:`BaseStorageAdapter.set`)."""
-        check_key(key)
-        ttl = self._ttl(ttl_seconds)
+        # The one write of every task record: the usual key and TTL skip the full checks.
+        if type(key) is not str or not key.isascii() or not key:
+            check_key(key)
+        ttl = self.ttl_seconds if ttl_seconds is None else self._ttl(ttl_seconds)
         blob = encode(key, value)
         now = time.time()
         self._store.put(key, (blob, now, None if ttl is None else now + ttl))

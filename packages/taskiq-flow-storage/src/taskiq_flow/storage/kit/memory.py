@@ -68,7 +68,7 @@ class TTLStore:
         if heap and (heap[0][0] <= item[1] or len(heap) > 2 * len(data) + 64):
             self._sweep(item[1])
         max_entries = self.max_entries
-        if max_entries is not None and len(data) > max_entries:
+        if max_entries is not None:
             while len(data) > max_entries:
                 data.popitem(last=False)
 
