@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 from datetime import datetime
 
 import pytest
@@ -32,16 +34,39 @@ async def test_record_shape_under_task_key(stack) -> None:
     res = await task.wait_result(timeout=5)
     assert res.return_value == {"sum": 3}
     record = await stack.storage.storage.get(f"task:{task.task_id}")
-    assert set(record) == {
+    # The guide's six fields first and unchanged, then what a reader of history needs.
+    assert list(record)[:6] == [
         "task_id",
         "pipeline_id",
-        "task_name",
         "is_err",
         "return_value",
         "error",
         "execution_time",
+    ]
+    assert set(record) == {
+        "task_id",
+        "pipeline_id",
+        "is_err",
+        "return_value",
+        "error",
+        "execution_time",
+        "task_name",
+        "started_at",
         "finished_at",
+        "worker",
+        "retries",
+        "labels",
+        "args",
+        "kwargs",
     }
+    assert json.loads(record["args"]) == [1, 2]
+    assert json.loads(record["kwargs"]) == {}
+    assert record["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert record["retries"] == 0
+    assert isinstance(record["labels"], dict)
+    assert datetime.fromisoformat(record["started_at"]) <= datetime.fromisoformat(
+        record["finished_at"]
+    )
     assert record["task_id"] == task.task_id
     assert record["pipeline_id"] is None
     assert record["task_name"] == add.task_name

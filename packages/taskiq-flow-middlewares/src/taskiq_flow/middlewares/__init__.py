@@ -1,7 +1,8 @@
-"""taskiq middlewares: StorageMiddleware, CacheMiddleware and dataflow pipelines.
+"""taskiq middlewares, and taskiq's result backend and schedule source over storage.
 
 Add them with ``broker.add_middlewares(CacheMiddleware(...), StorageMiddleware(...))``;
-nothing else is needed (no custom receiver, no CLI flag).
+nothing else is needed (no custom receiver, no CLI flag). For one store, also
+``broker.with_result_backend(StorageResultBackend(storage))``.
 """
 
 from importlib import import_module
@@ -13,7 +14,12 @@ from taskiq_flow.middlewares.errors import (
     MiddlewareConfigError,
     MiddlewareConfigTypeError,
     MiddlewareError,
+    ResultCorruptError,
+    ResultMissingError,
+    ResultNotSerializableError,
+    StoredTaskError,
 )
+from taskiq_flow.middlewares.result_backend import StorageResultBackend
 from taskiq_flow.middlewares.storage import StorageMiddleware, record_key
 
 if TYPE_CHECKING:
@@ -51,7 +57,12 @@ __all__ = [
     "PipelineError",
     "PipelineMiddleware",
     "PipelineStepError",
+    "ResultCorruptError",
+    "ResultMissingError",
+    "ResultNotSerializableError",
     "StorageMiddleware",
+    "StorageResultBackend",
+    "StoredTaskError",
     "pipeline_task",
     "record_key",
 ]

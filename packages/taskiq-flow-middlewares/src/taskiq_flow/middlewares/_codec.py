@@ -17,9 +17,10 @@ from hashlib import blake2b
 from typing import Any
 
 import msgspec
+from taskiq.exceptions import TaskiqError
 from taskiq_dependencies.dependency import Dependency
 
-from taskiq_flow.middlewares.errors import CachedTaskError
+from taskiq_flow.middlewares.errors import CachedTaskError, StoredTaskError
 
 logger = logging.getLogger("taskiq_flow.middlewares")
 
@@ -80,6 +81,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     qualname: str
     message: str
     args: list[Any] = msgspec.field(default_factory=list)
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The declared fields of a templated (taskiq-style, keyword-built) exception."""
 
     @property
     def type_name(self) -> str:
@@ -105,6 +108,18 @@ def _error_args(exc: BaseException) -> list[Any]:
     return list(exc.args)
 
 
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    # taskiq's errors (and ours) are built from keyword fields, not positional args.
+    if getattr(exc, "__template__", None) is None or not isinstance(exc, TaskiqError):
+        return {}
+    fields = dict(vars(exc))
+    try:
+        _PAYLOAD_ENCODER.encode(fields)
+    except _ENCODE_ERRORS:
+        return {}
+    return fields
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """Describe ``exc`` so that it can be stored and rebuilt later."""
     cls = type(exc)
@@ -113,6 +128,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
         qualname=cls.__qualname__,
         message=str(exc),
         args=_error_args(exc),
+        fields=_error_fields(exc),
     )
 
 
@@ -140,11 +156,13 @@ def decode_payload(data: Any) -> CachedValue:
         raise ValueError(str(exc)) from exc
 
 
-def rebuild_exception(info: ErrorInfo) -> BaseException:
+def rebuild_exception(
+    info: ErrorInfo, stand_in: type[StoredTaskError] = CachedTaskError
+) -> BaseException:
     """Rebuild a stored exception of the same class, without importing anything.
 
     Only classes whose module is already imported are looked up (stored data must never
-    choose what code gets imported); anything else comes back as :class:`CachedTaskError`.
+    choose what code gets imported); anything else comes back as ``stand_in``.
     """
     module = sys.modules.get(info.module)
     if info.module == "builtins":
@@ -157,10 +175,10 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
         target = getattr(target, part, None)
     if isinstance(target, type) and issubclass(target, Exception):
         try:
-            return target(*info.args)
+            return target(**info.fields) if info.fields else target(*info.args)
         except Exception:  # a constructor with other needs: fall back below
             logger.debug("cannot rebuild %s from its stored args", info.type_name)
-    return CachedTaskError(error_type=info.type_name, error_message=info.message)
+    return stand_in(error_type=info.type_name, error_message=info.message)
 
 
 def _is_dependency(parameter: inspect.Parameter) -> bool:

@@ -8,13 +8,17 @@ the declared fields (taskiq's templated-exception style).
 
 from __future__ import annotations
 
-from taskiq.exceptions import TaskiqError
+from taskiq.exceptions import ResultGetError, TaskiqError
 
 __all__ = [
     "CachedTaskError",
     "MiddlewareConfigError",
     "MiddlewareConfigTypeError",
     "MiddlewareError",
+    "ResultCorruptError",
+    "ResultMissingError",
+    "ResultNotSerializableError",
+    "StoredTaskError",
 ]
 
 
@@ -51,14 +55,51 @@ class MiddlewareConfigTypeError(MiddlewareConfigError, TypeError):
     """
 
 
-class CachedTaskError(MiddlewareError):
-    """A cached task error whose original exception class cannot be rebuilt here.
+class StoredTaskError(MiddlewareError):
+    """A stored task error whose original exception class cannot be rebuilt here.
 
-    Raised instead of the original when the class is not importable in this process
-    (the cache only ever re-raises classes of modules already imported; it never
-    imports a module named by stored data).
+    Raised instead of the original when the class is not importable in this process:
+    a stored error only ever re-raises classes of modules already imported (stored data
+    never chooses what gets imported), and no pickle is used to carry it.
+
+    Args:
+        error_type: ``module.QualName`` of the original exception class.
+        error_message: its message.
     """
 
-    __template__ = "cached task error {error_type}: {error_message}"
+    __template__ = "task error {error_type}: {error_message}"
     error_type: str
     error_message: str
+
+
+class CachedTaskError(StoredTaskError):
+    """A :class:`StoredTaskError` answered from the cache (``cache_errors``)."""
+
+    __template__ = "cached task error {error_type}: {error_message}"
+
+
+class ResultMissingError(MiddlewareError, ResultGetError):
+    """``StorageResultBackend.get_result`` found no result for the task id (or it expired)."""
+
+    __template__ = "no result stored for task {task_id}"
+    task_id: str
+
+
+class ResultCorruptError(MiddlewareError, ResultGetError):
+    """The bytes stored as a task's result are not a result this package wrote."""
+
+    __template__ = "the stored result of task {task_id} is corrupt: {reason}"
+    task_id: str
+    reason: str
+
+
+class ResultNotSerializableError(MiddlewareError):
+    """A task returned a value msgspec cannot encode: its result says so instead.
+
+    The worker stays up and the caller's ``wait_result()`` returns an error result
+    carrying this exception (the value itself cannot cross processes without pickle).
+    """
+
+    __template__ = "the task returned a {value_type}, which cannot be stored: {reason}"
+    value_type: str
+    reason: str

@@ -2,37 +2,37 @@
 
 A record is written in ``post_execute``, i.e. before taskiq saves the result: whoever
 sees a result can read its record (DESIGN.md §4 says "after each result is saved";
-``docs/middlewares.md`` explains why we write just before instead).
+``docs/middlewares.md`` explains why we write just before instead). When the broker's
+result backend is a :class:`~taskiq_flow.middlewares.StorageResultBackend` over the same
+adapter, the record is handed to it instead and written once, as the result.
 
-A storage failure never reaches the worker: the record goes into a bounded in-memory
-buffer that a background task retries with exponential backoff and flushes on
-shutdown; errors are logged once per interval, not once per task.
+A storage failure never reaches the worker: the record goes to the adapter's
+:class:`~taskiq_flow.middlewares._writer.RecordWriter`, a bounded buffer retried with
+backoff and flushed on shutdown; errors are logged once per interval, not once per task.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import itertools
 import logging
 import numbers
-import time
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares import _labels
+from taskiq_flow.middlewares._records import build_record, record_key, utc_now_iso
 from taskiq_flow.middlewares._wrapping import answered_from_cache
+from taskiq_flow.middlewares._writer import RecordWriter
 from taskiq_flow.middlewares.errors import MiddlewareConfigError, MiddlewareConfigTypeError
 from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
 
-__all__ = ["StorageMiddleware", "record_key"]
+if TYPE_CHECKING:
+    from taskiq_flow.middlewares.result_backend import StorageResultBackend
+
+__all__ = ["StorageMiddleware", "record_key", "utc_now_iso"]
 
 logger = logging.getLogger("taskiq_flow.middlewares")
-
-_FLUSH_BATCH = 500
 
 
 def check_storage_arguments(storage: object, ttl_seconds: object) -> None:
@@ -69,13 +69,6 @@ def check_number(name: str, value: object) -> None:
         raise MiddlewareConfigTypeError(
             name=name, expected="a number", got=type(value).__qualname__
         )
-
-
-def record_key(task_id: str, pipeline_id: str | None = None) -> str:
-    """The storage key of a task's record: ``pipeline:{pid}:task:{tid}`` or ``task:{tid}``."""
-    if pipeline_id:
-        return f"pipeline:{pipeline_id}:task:{task_id}"
-    return f"task:{task_id}"
 
 
 class StorageMiddleware(TaskiqMiddleware):
@@ -125,21 +118,19 @@ class StorageMiddleware(TaskiqMiddleware):
         self.enabled = enabled
         self.ttl_seconds = ttl_seconds
         self.store_cache_hits = store_cache_hits
-        self.retry_interval = retry_interval
-        self.max_retry_interval = max_retry_interval
-        self.error_log_interval = error_log_interval
         self.shutdown_flush_timeout = shutdown_flush_timeout
-        self._buffer: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self._buffer_size = buffer_size
-        self._flusher: asyncio.Task[None] | None = None
-        self._last_error_log = float("-inf")
-        self._errors_since_log = 0
-        self._counters = {
-            "records_written": 0,
-            "write_failures": 0,
-            "records_retried": 0,
-            "records_dropped": 0,
-        }
+        self.writer = RecordWriter(
+            self.storage,
+            ttl_seconds=ttl_seconds,
+            buffer_size=int(buffer_size),
+            retry_interval=retry_interval,
+            max_retry_interval=max_retry_interval,
+            error_log_interval=error_log_interval,
+        )
+        # The broker's StorageResultBackend over this same adapter, once seen: records
+        # then go through it, written once as the result (see _result_backend()).
+        self._backend: StorageResultBackend | None = None
+        self._backend_of: object = None
 
     # -- taskiq hooks --------------------------------------------------------------------
 
@@ -161,22 +152,22 @@ class StorageMiddleware(TaskiqMiddleware):
             elif _labels.LABEL_CACHE_HIT in result.labels:
                 # Set by the sender, not by a cache: the result must not claim a hit.
                 del result.labels[_labels.LABEL_CACHE_HIT]
+            backend = self._result_backend()
+            if backend is not None:
+                # One store: the backend writes this record as the result, one write. A
+                # cache hit gets one too: it is the hit's result.
+                record = build_record(
+                    message, message.task_id, result, pipeline_id=pipeline_id, cached=cached
+                )
+                backend.attach_record(message.task_id, record)
+                return
             if cached and pipeline_id is None and not self.store_cache_hits:
                 return
             key = record_key(message.task_id, pipeline_id)
-            record = build_record(message, result, pipeline_id=pipeline_id, cached=cached)
-            if self._buffer:
-                # Storage is known to be failing: keep order, let the flusher retry.
-                self._enqueue(key, record)
-                return
-            try:
-                await self.storage.set(key, record, self.ttl_seconds)
-            except StorageError as exc:
-                self._counters["write_failures"] += 1
-                self._log_failure(exc)
-                self._enqueue(key, record)
-            else:
-                self._counters["records_written"] += 1
+            record = build_record(
+                message, message.task_id, result, pipeline_id=pipeline_id, cached=cached
+            )
+            await self.writer.write(key, record)
         except Exception:
             # Whatever went wrong, the task's own result must be saved: log and go on.
             logger.exception("StorageMiddleware could not record task %s", message.task_id)
@@ -188,154 +179,34 @@ class StorageMiddleware(TaskiqMiddleware):
         the worker process from exiting); every adapter reconnects on its next use, so
         a store shared with code that runs later keeps working.
         """
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        deadline = time.monotonic() + self.shutdown_flush_timeout
-        delay = 0.05
-        while self._buffer and time.monotonic() < deadline:
-            if await self._flush_once():
-                break
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
-        if self._buffer:
-            logger.error(
-                "StorageMiddleware shut down with %d record(s) not written: storage unreachable.",
-                len(self._buffer),
-            )
+        await self.writer.close(self.shutdown_flush_timeout)
         try:
             await self.storage.close()
         except StorageError:
             logger.warning("StorageMiddleware: closing the storage failed.", exc_info=True)
 
+    def _result_backend(self) -> StorageResultBackend | None:
+        """The broker's StorageResultBackend if it writes to this middleware's adapter."""
+        current = self.broker.result_backend
+        if current is not self._backend_of:
+            # Looked up once per backend object (a broker's backend may be set late).
+            from taskiq_flow.middlewares.result_backend import (  # noqa: PLC0415 - a cycle
+                StorageResultBackend,
+            )
+
+            self._backend_of = current
+            self._backend = None
+            if isinstance(current, StorageResultBackend) and current.storage is self.storage:
+                self._backend = current
+                current.share_writer(self.writer)
+        return self._backend
+
     # -- statistics -------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
         """Counters: records written, write failures, retried, dropped, still buffered."""
-        return {**self._counters, "records_buffered": len(self._buffer)}
+        return {**self.writer.counters, "records_buffered": self.writer.buffered}
 
     async def flush(self) -> bool:
         """Try to write every buffered record now; ``True`` when the buffer is empty."""
-        return await self._flush_once()
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _enqueue(self, key: str, record: dict[str, Any]) -> None:
-        self._buffer[key] = record
-        self._buffer.move_to_end(key)
-        while len(self._buffer) > self._buffer_size:
-            dropped, _ = self._buffer.popitem(last=False)
-            self._counters["records_dropped"] += 1
-            logger.error("StorageMiddleware buffer full: dropped the record %s", dropped)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        delay = self.retry_interval
-        while self._buffer:
-            await asyncio.sleep(delay)
-            while self._buffer:
-                if not await self._flush_batch():
-                    # Back off only on a failed write; a healthy store drains at once.
-                    delay = min(delay * 2, self.max_retry_interval)
-                    break
-            else:
-                return
-
-    async def _flush_once(self) -> bool:
-        """Write the whole buffer, batch by batch; ``False`` at the first failed batch."""
-        while self._buffer:
-            if not await self._flush_batch():
-                return False
-        return True
-
-    async def _flush_batch(self) -> bool:
-        batch = dict(itertools.islice(self._buffer.items(), _FLUSH_BATCH))
-        try:
-            await self.storage.set_many(batch, ttl_seconds=self.ttl_seconds)
-        except StorageError as exc:
-            self._counters["write_failures"] += 1
-            self._log_failure(exc)
-            return False
-        for key, record in batch.items():
-            # A newer record may have replaced it while we were writing.
-            if self._buffer.get(key) is record:
-                del self._buffer[key]
-        self._counters["records_written"] += len(batch)
-        self._counters["records_retried"] += len(batch)
-        if not self._buffer:
-            logger.warning("StorageMiddleware: storage is back; buffered records written.")
-        return True
-
-    def _log_failure(self, exc: BaseException) -> None:
-        self._errors_since_log += 1
-        now = time.monotonic()
-        if now - self._last_error_log < self.error_log_interval:
-            return
-        logger.error(
-            "StorageMiddleware: storage write failed (%d failure(s) since the last report; "
-            "%d record(s) buffered for retry): %s",
-            self._errors_since_log,
-            len(self._buffer) + 1,
-            exc,
-        )
-        self._last_error_log = now
-        self._errors_since_log = 0
-
-
-_second_text: tuple[int, str] = (-1, "")
-
-
-def utc_now_iso() -> str:
-    """The current UTC time as ISO 8601 with microseconds (``...T07:00:00.123456+00:00``).
-
-    Formatting a datetime costs more than the rest of a record; the part up to the
-    second is formatted once per second and reused.
-    """
-    global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (no torn read)
-    now = time.time()
-    second, text = _second_text
-    if int(now) != second:
-        second = int(now)
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_text = (second, text)
-    return "%s.%06d+00:00" % (text, (now - second) * 1_000_000)  # noqa: UP031 - twice as fast
-
-
-def build_record(
-    message: TaskiqMessage,
-    result: TaskiqResult[Any],
-    *,
-    pipeline_id: str | None,
-    cached: bool,
-) -> dict[str, Any]:
-    """The stored record of one execution (the guide's shape plus name, time, flags)."""
-    error: dict[str, Any] | None = None
-    return_value: str | None = None
-    is_err = bool(result.is_err)
-    if is_err and isinstance(result.error, BaseException):
-        info = _codec.error_info(result.error)
-        error = {"type": info.type_name, "message": info.message}
-    else:
-        try:
-            return_value = _codec.to_json_text(result.return_value)
-        except _codec.Unencodable as exc:
-            # The task succeeded; only its record cannot hold the value. Say so.
-            error = {
-                "type": "taskiq_flow.ReturnValueNotSerializable",
-                "message": f"return value of type {type(result.return_value).__qualname__} "
-                f"cannot be stored as JSON: {exc}",
-            }
-    record: dict[str, Any] = {
-        "task_id": message.task_id,
-        "pipeline_id": pipeline_id,
-        "task_name": message.task_name,
-        "is_err": is_err,
-        "return_value": return_value,
-        "error": error,
-        "execution_time": float(result.execution_time),
-        "finished_at": utc_now_iso(),
-    }
-    if cached:
-        record["cached"] = True
-    return record
+        return await self.writer.flush()
