@@ -36,9 +36,9 @@ class LockBackend(Protocol):
     def _lease_seconds(self) -> float | None:
         """Lease period; ``None`` when there is no cross-process lease (in-memory).
 
-        Without one the lease is a no-op: ``_acquire_lease`` only re-reads the entry and
-        otherwise grants, no token is drawn and no heartbeat runs — the in-process single
-        flight has already elected the one creator.
+        Without one there is no lease at all: the in-process single flight elects the one
+        creator, and ``_acquire_lease``, ``_renew_lease`` and ``_wait_for_release`` are
+        never called (no token is drawn, no heartbeat runs).
         """
 
     @property

@@ -20,6 +20,8 @@ from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
 __all__ = ["BaseCacheAdapter", "check_cache_key", "check_cache_seconds", "check_cache_ttl"]
 
+_GRANTED = LeaseResult(None, True, None)
+
 
 def check_cache_key(key: object) -> str:
     """Return ``key`` if it is a usable cache key (the storage package's key rules).
@@ -185,8 +187,9 @@ class BaseCacheAdapter(AsyncClosing, ABC):
 
     # -- lease primitives: the protected hooks of taskiq_flow.cache.lock.LockBackend ------
     #
-    # Every adapter implements each of them; the lock calls them and nothing else, so a
-    # subclass overriding one (say _read_raw) is honoured on every path.
+    # The lock calls these and nothing else, so a subclass overriding one (say _read_raw)
+    # is honoured on every path. _acquire_lease, _renew_lease and _wait_for_release are
+    # called only when _lease_seconds is not None (a cross-process lease exists).
 
     @property
     def _lease_seconds(self) -> float | None:
@@ -202,9 +205,17 @@ class BaseCacheAdapter(AsyncClosing, ABC):
     async def _read_raw(self, key: str) -> bytes | None:
         """The stored entry bytes under a checked ``key``, or ``None``."""
 
-    @abstractmethod
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
-        """See :meth:`taskiq_flow.cache.lock.LockBackend._acquire_lease`."""
+        """See :meth:`taskiq_flow.cache.lock.LockBackend._acquire_lease`.
+
+        Without a lease (``_lease_seconds`` is ``None``) the lock never calls this: the
+        in-process single flight is the election. This default (re-read through
+        :meth:`_read_raw`, else granted) keeps the hook's contract for direct callers.
+        """
+        payload = await self._read_raw(key)
+        if payload is not None and payload != ignore:
+            return LeaseResult(payload, False, None)
+        return _GRANTED
 
     async def _renew_lease(self, key: str, token: str) -> bool:
         """Extend the lease if ``token`` still holds it (no lease: nothing to renew)."""

@@ -9,7 +9,9 @@ distributed cache needs on top:
    ``_flights``; every later caller in this process awaits that future (shielded, so one
    waiter giving up never cancels the creation). Only the flight leader talks to the
    backend's lease.
-3. **Lease** (``_acquire_lease``) — atomically: if a value appeared meanwhile, take it;
+3. **Lease** (``_acquire_lease``; only for a backend with a cross-process lease — without
+   one, step 2's flight is the whole election and its leader creates at once) —
+   atomically: if a value appeared meanwhile, take it;
    otherwise take the lease (Redis: ``SET NX PX`` with a unique token) or learn the
    current holder's token. The holder runs the creator while a heartbeat renews the lease
    every third of its period (compare-token-then-``PEXPIRE``), so a slow creator never
@@ -30,8 +32,8 @@ distributed cache needs on top:
    process boundary without pickle, which this package never uses).
 
 The algorithm is written once here, one path for every backend, and shared by both adapters
-through :class:`LockBackend`: an in-memory backend is fast because its lease is a no-op (no
-token, no heartbeat, a re-read for an acquire), not because it has a path of its own.
+through :class:`LockBackend`: an in-memory backend is fast because it has no lease (no
+token, no heartbeat, no acquire round), not because it has a path of its own.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class DogpileLock:
         # uncontended miss (the common one) allocates none.
         self._flights: dict[str, asyncio.Future[Any] | _Pending] = {}
 
-    async def get_or_create(
+    async def get_or_create(  # noqa: PLR0912 - hit and miss kept in one frame (hot path)
         self,
         key: str,
         creator: Creator,
@@ -163,7 +165,13 @@ class DogpileLock:
             request = _new_request(
                 _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error)
             )
-            value = await self._fill(request, None, payload)
+            lease_seconds = self._backend._lease_seconds
+            if lease_seconds is None:
+                # No cross-process lease: the flight just registered is the election.
+                # Nothing awaited since the read, so there is nothing to re-read either.
+                value = await self._create(request, "", None)
+            else:
+                value = await self._fill(request, None, payload, lease_seconds)
         except Exception as exc:
             joined = flights.pop(key, None)
             if isinstance(joined, asyncio.Future):
@@ -216,13 +224,14 @@ class DogpileLock:
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
 
-    async def _fill(self, req: _Request, deadline: float | None, ignore: bytes | None) -> Any:
+    async def _fill(
+        self, req: _Request, deadline: float | None, ignore: bytes | None, lease_seconds: float
+    ) -> Any:
         """Take the lease and create, take a value that appeared, or wait for the holder."""
         key = req.key
         backend = self._backend
-        # Only a cross-process lease needs a unique token (compare-and-delete release).
-        lease_seconds = backend._lease_seconds
-        token = "" if lease_seconds is None else secrets.token_hex(16)
+        # A unique token per attempt: the release is compare-and-delete.
+        token = secrets.token_hex(16)
         started: float | None = None
         while True:
             try:
@@ -335,15 +344,20 @@ class DogpileLock:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         lease_seconds = self._backend._lease_seconds
-        token = "" if lease_seconds is None else secrets.token_hex(16)
+        token = ""
         try:
-            try:
-                # ignore=payload: if another process refreshed the entry meanwhile, the new
-                # value comes back instead of a second regeneration.
-                lease = await self._backend._acquire_lease(key, token, ignore=payload)
-            except _BACKEND_ERRORS as exc:
-                logger.warning("serving a stale value of %r: %s", key, exc)
-                lease = LeaseResult(None, False, None)
+            if lease_seconds is None:
+                # No cross-process lease: this flight is the one regeneration.
+                lease = LeaseResult(None, True, None)
+            else:
+                token = secrets.token_hex(16)
+                try:
+                    # ignore=payload: if another process refreshed the entry meanwhile,
+                    # the new value comes back instead of a second regeneration.
+                    lease = await self._backend._acquire_lease(key, token, ignore=payload)
+                except _BACKEND_ERRORS as exc:
+                    logger.warning("serving a stale value of %r: %s", key, exc)
+                    lease = LeaseResult(None, False, None)
             if lease.payload is not None:
                 refreshed = decode_entry(key, lease.payload)
                 if refreshed is not None:

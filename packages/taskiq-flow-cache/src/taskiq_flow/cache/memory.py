@@ -3,8 +3,8 @@
 Entries live encoded (msgpack) in the storage package's
 :class:`~taskiq_flow.storage.kit.TTLStore`, the store under the in-memory storage
 adapter too. The dogpile lock's single flight is all the locking one process needs, so
-this backend's lease is a no-op: acquiring it re-reads the entry (a value may have
-appeared meanwhile) and otherwise always succeeds.
+this backend has no lease (``_lease_seconds`` is ``None``): on a miss the flight's
+leader creates at once, and its commit is a plain store.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from taskiq_flow.cache.backend import LeaseResult
 from taskiq_flow.cache.base import BaseCacheAdapter, check_cache_key, check_cache_ttl
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheValueError
@@ -21,7 +20,6 @@ from taskiq_flow.storage.kit.memory import TTLStore
 
 __all__ = ["InMemoryCacheAdapter"]
 
-_ACQUIRED = LeaseResult(None, True, None)
 _now = time.time
 
 
@@ -91,13 +89,6 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
     async def _read_raw(self, key: str) -> bytes | None:
         item = self._store.get(key, _now())
         return None if item is None else item[0]
-
-    async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
-        # Through the one read hook, so a subclass overriding _read_raw is honoured here too.
-        payload = await self._read_raw(key)
-        if payload is not None and payload != ignore:
-            return LeaseResult(payload, False, None)
-        return _ACQUIRED
 
     async def _commit(
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None

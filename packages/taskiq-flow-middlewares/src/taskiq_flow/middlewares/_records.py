@@ -70,20 +70,34 @@ def utc_now_iso() -> str:
     return iso_utc(time.time())
 
 
-_worker: tuple[int, str] = (-1, "")
+def _host_and_pid() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_worker = _host_and_pid()
+
+
+def _forked() -> None:
+    global _worker  # noqa: PLW0603 - one string, replaced whole in the new process
+    _worker = _host_and_pid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def worker_name() -> str:
-    """``host:pid`` of this process (recomputed after a fork)."""
-    global _worker  # noqa: PLW0603 - a one-entry memo keyed by pid
-    pid = os.getpid()
-    if _worker[0] != pid:
-        _worker = (pid, f"{socket.gethostname()}:{pid}")
-    return _worker[1]
+    """``host:pid`` of this process (recomputed in a forked child)."""
+    return _worker
+
+
+def _retries(value: Any) -> int:
+    return int(value) if str(value).isdigit() else 0
 
 
 def _arguments(message: TaskiqMessage, record: dict[str, Any]) -> None:
-    if not _labels.parse_bool(message, LABEL_STORE_ARGS, default=True):
+    if LABEL_STORE_ARGS in message.labels and not _labels.parse_bool(
+        message, LABEL_STORE_ARGS, default=True
+    ):
         record["args"] = record["kwargs"] = None
         record["args_omitted"] = "store_args=false"
         return
@@ -147,6 +161,8 @@ def build_record(
     execution_time = float(result.execution_time)
     labels = result.labels if message is None else message.labels
     retries = labels.get(_RETRIES_LABEL, 0)
+    if type(retries) is not int:
+        retries = _retries(retries)
     record: dict[str, Any] = {
         "task_id": task_id,
         "pipeline_id": pipeline_id,
@@ -158,9 +174,9 @@ def build_record(
         # The function's own run ended now and took execution_time: no per-task state.
         "started_at": iso_utc(now - execution_time),
         "finished_at": iso_utc(now),
-        "worker": worker_name(),
-        "retries": int(retries) if str(retries).isdigit() else 0,
-        "labels": _plain_labels(labels),
+        "worker": _worker,
+        "retries": retries if retries >= 0 else 0,
+        "labels": _plain_labels(labels) if labels else {},
     }
     if message is not None:
         _arguments(message, record)

@@ -152,7 +152,11 @@ class StorageMiddleware(TaskiqMiddleware):
             elif _labels.LABEL_CACHE_HIT in result.labels:
                 # Set by the sender, not by a cache: the result must not claim a hit.
                 del result.labels[_labels.LABEL_CACHE_HIT]
-            backend = self._result_backend()
+            backend = (
+                self._backend
+                if self.broker.result_backend is self._backend_of
+                else self._result_backend()
+            )
             if backend is not None:
                 # One store: the backend writes this record as the result, one write. A
                 # cache hit gets one too: it is the hit's result.
