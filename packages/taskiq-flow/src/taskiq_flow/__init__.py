@@ -21,6 +21,8 @@ if TYPE_CHECKING:
         DataflowRun,
         PipelineMiddleware,
         StorageMiddleware,
+        StorageResultBackend,
+        StorageScheduleSource,
         pipeline_task,
     )
     from taskiq_flow.storage import (
@@ -37,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "pipeline_task": "taskiq_flow.middlewares",
     "StorageMiddleware": "taskiq_flow.middlewares",
     "CacheMiddleware": "taskiq_flow.middlewares",
+    "StorageResultBackend": "taskiq_flow.middlewares",
+    "StorageScheduleSource": "taskiq_flow.middlewares",
     "StorageEntry": "taskiq_flow.storage",
     "InMemoryStorageAdapter": "taskiq_flow.storage",
     "RedisStorageAdapter": "taskiq_flow.storage",
@@ -60,6 +64,8 @@ __all__ = [
     "StorageAdapterFactory",
     "StorageEntry",
     "StorageMiddleware",
+    "StorageResultBackend",
+    "StorageScheduleSource",
     "TaskiqFlowConfig",
     "pipeline_task",
 ]

@@ -2,7 +2,8 @@
 
 Add them with ``broker.add_middlewares(CacheMiddleware(...), StorageMiddleware(...))``;
 nothing else is needed (no custom receiver, no CLI flag). For one store, also
-``broker.with_result_backend(StorageResultBackend(storage))``.
+``broker.with_result_backend(StorageResultBackend(storage))``, and for
+``taskiq scheduler``, ``TaskiqScheduler(broker, sources=[StorageScheduleSource(storage)])``.
 """
 
 from importlib import import_module
@@ -20,6 +21,7 @@ from taskiq_flow.middlewares.errors import (
     StoredTaskError,
 )
 from taskiq_flow.middlewares.result_backend import StorageResultBackend
+from taskiq_flow.middlewares.schedule_source import StorageScheduleSource
 from taskiq_flow.middlewares.storage import StorageMiddleware, record_key
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ __all__ = [
     "ResultNotSerializableError",
     "StorageMiddleware",
     "StorageResultBackend",
+    "StorageScheduleSource",
     "StoredTaskError",
     "pipeline_task",
     "record_key",
