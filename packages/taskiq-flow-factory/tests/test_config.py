@@ -68,6 +68,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "TASKIQ_FLOW_CACHE_MAX_ENTRIES": "7",
         "TASKIQ_FLOW_CACHE_KEY_PREFIX": "c1:",
         "TASKIQ_FLOW_CACHE_ENABLED": "No",
+        "TASKIQ_FLOW_RESULT_BACKEND": "True",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -87,6 +88,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "cache_max_entries": 7,
         "cache_key_prefix": "c1:",
         "cache_enabled": False,
+        "result_backend": True,
     }
     assert all(config.source_of(s["name"]) == "environment" for s in TaskiqFlowConfig.settings())
 

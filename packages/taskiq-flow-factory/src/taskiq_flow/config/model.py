@@ -161,6 +161,13 @@ _FIELDS: Final[tuple[_Field, ...]] = (
         parse_bool,
         "Whether CacheMiddleware answers repeated tasks from the cache (true/false).",
     ),
+    _Field(
+        "result_backend",
+        False,
+        parse_bool,
+        "Whether create_default_middlewares also builds a StorageResultBackend over the "
+        "storage adapter (true/false): each task is then one key, record and result.",
+    ),
 )
 _BY_NAME: Final = {f.name: f for f in _FIELDS}
 
@@ -191,6 +198,8 @@ class TaskiqFlowConfig:
         cache_max_entries: in-memory cache bound (LRU); ``None`` is unbounded.
         cache_key_prefix: Redis cache key prefix (default ``"taskiq_flow_cache:"``).
         cache_enabled: whether ``CacheMiddleware`` answers from the cache.
+        result_backend: whether ``create_default_middlewares`` also returns a
+            ``StorageResultBackend`` over the storage adapter (default ``False``).
         environ: where to read variables from; ``None`` means ``os.environ``,
             ``{}`` ignores the environment.
 
@@ -208,6 +217,7 @@ class TaskiqFlowConfig:
         "cache_max_entries",
         "cache_redis_url",
         "cache_type",
+        "result_backend",
         "storage_enabled",
         "storage_key_prefix",
         "storage_max_entries",
@@ -231,6 +241,7 @@ class TaskiqFlowConfig:
     cache_max_entries: int | None
     cache_key_prefix: str
     cache_enabled: bool
+    result_backend: bool
     _sources: dict[str, str]
 
     def __init__(
@@ -250,6 +261,7 @@ class TaskiqFlowConfig:
         cache_max_entries: int | _Unset | None = UNSET,
         cache_key_prefix: str | _Unset = UNSET,
         cache_enabled: bool | _Unset = UNSET,
+        result_backend: bool | _Unset = UNSET,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         given: dict[str, object] = {
@@ -267,6 +279,7 @@ class TaskiqFlowConfig:
             "cache_max_entries": cache_max_entries,
             "cache_key_prefix": cache_key_prefix,
             "cache_enabled": cache_enabled,
+            "result_backend": result_backend,
         }
         env = os.environ if environ is None else environ
         sources: dict[str, str] = {}

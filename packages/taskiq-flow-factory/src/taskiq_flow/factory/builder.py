@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from taskiq_flow.config import BackendNotInstalledError, TaskiqFlowConfig
 
 if TYPE_CHECKING:
     from taskiq_flow.cache import BaseCacheAdapter
-    from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
+    from taskiq_flow.middlewares import (
+        CacheMiddleware,
+        StorageMiddleware,
+        StorageResultBackend,
+    )
     from taskiq_flow.storage import BaseStorageAdapter
 
 __all__ = ["DefaultMiddlewares", "StorageAdapterFactory"]
 
 
 class DefaultMiddlewares(TypedDict):
-    """What ``create_default_middlewares`` returns; add ``cache`` before ``storage``."""
+    """What ``create_default_middlewares`` returns; add ``cache`` before ``storage``.
+
+    ``result_backend`` is present only with ``result_backend=True`` in the config: a
+    ``StorageResultBackend`` over the storage middleware's own adapter, for
+    ``broker.with_result_backend(...)``.
+    """
 
     cache: CacheMiddleware
     storage: StorageMiddleware
+    result_backend: NotRequired[StorageResultBackend]
 
 
 def _require_redis(side: str, config: TaskiqFlowConfig) -> None:
@@ -134,9 +144,24 @@ class StorageAdapterFactory:
 
             middlewares = StorageAdapterFactory.create_default_middlewares()
             broker.add_middlewares(middlewares["cache"], middlewares["storage"])
+
+        With ``result_backend=True`` (``TASKIQ_FLOW_RESULT_BACKEND=true``) the dict also
+        holds ``"result_backend"``: a ``StorageResultBackend`` over the **same** adapter
+        instance as the ``StorageMiddleware``, so each task is one key, written once::
+
+            broker.with_result_backend(middlewares["result_backend"])
         """
         config = TaskiqFlowConfig() if config is None else config
-        return {
+        storage = cls.create_storage_middleware(config)
+        middlewares: DefaultMiddlewares = {
             "cache": cls.create_cache_middleware(config),
-            "storage": cls.create_storage_middleware(config),
+            "storage": storage,
         }
+        if config.result_backend:
+            from taskiq_flow.middlewares import StorageResultBackend  # noqa: PLC0415
+
+            # The middleware's TTL too: the two then share one writer (one buffer).
+            middlewares["result_backend"] = StorageResultBackend(
+                storage.storage, ttl_seconds=config.storage_ttl_seconds
+            )
+        return middlewares

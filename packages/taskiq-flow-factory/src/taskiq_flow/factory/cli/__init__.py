@@ -6,8 +6,9 @@ neither a storage Redis URL nor a SQLite path is configured, storage is the SQLi
 file ``./.taskiq-flow/store.sqlite3``, so that ``demo`` writes where ``storage``
 reads.
 
-One module per command (``demo``, ``storage``, ``cache``, ``config``), what they
-share in ``_common``, the parser and ``main`` in ``_app``.
+One module per command (``demo``, ``storage``, ``tasks``, ``schedules``, ``cache``,
+``config``), what they share in ``_common`` (and ``_scan``, ``_task_records``), the
+parser and ``main`` in ``_app``.
 """
 
 from taskiq_flow.factory.cli._app import build_parser, main

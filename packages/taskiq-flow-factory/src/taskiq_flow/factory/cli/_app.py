@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from taskiq_flow.config import ConfigError
-from taskiq_flow.factory.cli import cache, config, demo, storage
+from taskiq_flow.factory.cli import cache, config, demo, schedules, storage, tasks
 from taskiq_flow.factory.cli._common import (
     DEFAULT_SQLITE_PATH,
     EXIT_BACKEND_ERROR,
@@ -31,6 +31,10 @@ examples:
   taskiq-flow storage keys 'task:*'       list the records the demo stored
   taskiq-flow storage get task:<id>       show one record
   taskiq-flow storage count               how many entries the store holds
+  taskiq-flow tasks --status error --since 1h
+                                          the last hour's failed tasks, newest first
+  taskiq-flow tasks show <id>             one task's record and its result
+  taskiq-flow schedules                   the schedules StorageScheduleSource stored
   taskiq-flow storage cleanup --older-than 86400
                                           drop expired entries and those older than a day
   taskiq-flow cache stats --json          cache statistics, for scripts
@@ -44,7 +48,7 @@ configuration:
 
 exit codes:
   0  success
-  1  not found: no such key, no key matched, or no store at the SQLite path yet
+  1  not found: no such key or task id, nothing matched, or no store at the SQLite path yet
   2  usage or configuration error (bad flag, bad TASKIQ_FLOW_* value)
   3  backend unreachable (Redis down, SQLite file cannot be opened)
   4  other backend error (corrupt entry, unexpected server reply)
@@ -55,6 +59,8 @@ exit codes:
 _COMMANDS: Final[dict[str, Command]] = {
     "demo": demo,
     "storage": storage,
+    "tasks": tasks,
+    "schedules": schedules,
     "cache": cache,
     "config": config,
 }

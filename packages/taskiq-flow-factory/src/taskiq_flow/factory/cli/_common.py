@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeAlias
 
@@ -32,7 +32,7 @@ else:
 
 
 class Command(Protocol):
-    """What a command module provides (each of ``demo``, ``storage``, ``cache``, ``config``)."""
+    """What a command module provides (``demo``, ``storage``, ``tasks``, ``config``, ...)."""
 
     def add_parser(self, commands: Subcommands, common: argparse.ArgumentParser) -> None:
         """Add the command's parser to ``commands``, with the ``common`` options."""
@@ -192,6 +192,28 @@ def sqlite_store_file(config: TaskiqFlowConfig) -> Path | None:
     return Path(location)
 
 
+def require_existing_store(config: TaskiqFlowConfig) -> None:
+    """Refuse to inspect a store that cannot hold anything, rather than create one.
+
+    Raises:
+        CommandError: storage is in-memory (exit 2), or no SQLite file exists yet (exit 1).
+    """
+    if config.resolved_storage_type == "inmemory":
+        msg = (
+            "storage is in-memory: nothing outlives a command. Point the CLI at the "
+            "store your workers use with TASKIQ_FLOW_STORAGE_REDIS_URL or "
+            "TASKIQ_FLOW_STORAGE_SQLITE_PATH (or --storage-redis-url / --sqlite-path)"
+        )
+        raise CommandError(msg, EXIT_USAGE)
+    path = sqlite_store_file(config)
+    if path is not None and not path.exists():
+        msg = (
+            f"no store at {path} yet: run `taskiq-flow demo` to create one, or point "
+            "TASKIQ_FLOW_STORAGE_SQLITE_PATH / --sqlite-path at your store"
+        )
+        raise CommandError(msg, EXIT_NOT_FOUND)
+
+
 def describe_storage(config: TaskiqFlowConfig) -> str:
     """The storage backend in one phrase, passwords masked."""
     kind = config.resolved_storage_type
@@ -214,15 +236,27 @@ def wants_json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False))
 
 
-def to_json(data: Any) -> str:
-    """``data`` as indented JSON; what JSON cannot hold is shown by its ``repr``."""
+def to_json(data: Any, *, indent: int = 2) -> str:
+    """``data`` as JSON (``indent=0``: one line); what JSON cannot hold is shown by its ``repr``."""
     raw = msgspec.json.encode(data, enc_hook=repr)
-    return msgspec.json.format(raw, indent=2).decode()
+    return msgspec.json.format(raw, indent=indent).decode()
 
 
 def print_json(out: TextIO, data: Any) -> None:
     """Write ``data`` to ``out`` as one JSON document and a newline."""
     out.write(to_json(data) + "\n")
+
+
+def write_table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
+    """Write ``rows`` (the first is the header) as columns two spaces apart.
+
+    Every column but the last is padded to its widest cell; the last is not, so that
+    no line ends in blanks.
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]) + "\n")
 
 
 def progress_line(args: argparse.Namespace, label: str, total: int | None = None) -> Progress:

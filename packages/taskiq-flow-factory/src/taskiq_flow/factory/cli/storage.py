@@ -12,7 +12,6 @@ from taskiq_flow.factory.builder import StorageAdapterFactory
 from taskiq_flow.factory.cli._common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
-    EXIT_USAGE,
     CommandError,
     Subcommands,
     add_command,
@@ -20,7 +19,7 @@ from taskiq_flow.factory.cli._common import (
     positive_int,
     print_json,
     progress_line,
-    sqlite_store_file,
+    require_existing_store,
     to_json,
     wants_json,
 )
@@ -93,7 +92,7 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
     Raises:
         CommandError: the store is in-memory or not created yet, or the key is missing.
     """
-    _existing_store(config)
+    require_existing_store(config)
     storage = StorageAdapterFactory.create_storage_adapter(config)
     as_json = wants_json(args)
     try:
@@ -111,24 +110,6 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
         return await _storage_cleanup(args, storage, out, as_json=as_json)
     finally:
         await storage.close()
-
-
-def _existing_store(config: TaskiqFlowConfig) -> None:
-    """Refuse to inspect a store that cannot hold anything, rather than create one."""
-    if config.resolved_storage_type == "inmemory":
-        msg = (
-            "storage is in-memory: nothing outlives a command. Point the CLI at the "
-            "store your workers use with TASKIQ_FLOW_STORAGE_REDIS_URL or "
-            "TASKIQ_FLOW_STORAGE_SQLITE_PATH (or --storage-redis-url / --sqlite-path)"
-        )
-        raise CommandError(msg, EXIT_USAGE)
-    path = sqlite_store_file(config)
-    if path is not None and not path.exists():
-        msg = (
-            f"no store at {path} yet: run `taskiq-flow demo` to create one, or point "
-            "TASKIQ_FLOW_STORAGE_SQLITE_PATH / --sqlite-path at your store"
-        )
-        raise CommandError(msg, EXIT_NOT_FOUND)
 
 
 async def _storage_keys(
