@@ -284,3 +284,29 @@ async def test_a_result_stored_without_the_backend_is_still_readable(
     result: TaskiqResult[Any] = await StorageResultBackend(storage).get_result(task.task_id)
     assert result.return_value == 3
     await broker.shutdown()
+
+
+async def test_progress_during_a_storage_outage_never_fails_the_task(tmp_path: Path) -> None:
+    # The storage's directory does not exist yet: every write fails. Reporting progress
+    # must not turn the task's own result into an error; the update is dropped, counted.
+    directory = tmp_path / "later"
+    backend = StorageResultBackend(SQLiteStorageAdapter(str(directory / "store.sqlite3")))
+    broker = InMemoryBroker(await_inplace=True).with_result_backend(backend)
+
+    @broker.task
+    async def reports(progress: ProgressTracker[Any] = TaskiqDepends()) -> str:
+        await progress.set_progress(TaskState.STARTED, {"done": 1})
+        return "finished"
+
+    await broker.startup()
+    try:
+        task = await reports.kiq()
+        assert backend.progress_dropped == 1
+        assert backend.writer.buffered == 1  # the result waits for the storage
+        directory.mkdir()
+        assert await backend.writer.flush()
+        result = await task.wait_result(timeout=5)
+        assert not result.is_err
+        assert result.return_value == "finished"
+    finally:
+        await broker.shutdown()

@@ -96,7 +96,7 @@ class RecordWriter:
             return False
         except StorageError as exc:
             self.counters["write_failures"] += 1
-            self._log_failure(exc)
+            self.log_failure(exc)
             self._enqueue(key, value, extra)
             return False
         self.counters["records_written"] += 1
@@ -157,7 +157,7 @@ class RecordWriter:
             await self.storage.set_many(batch, ttl_seconds=self.ttl_seconds)
         except StorageError as exc:
             self.counters["write_failures"] += 1
-            self._log_failure(exc)
+            self.log_failure(exc)
             return False
         for key, record in batch.items():
             # A newer record may have replaced it while we were writing.
@@ -169,7 +169,8 @@ class RecordWriter:
             logger.warning("taskiq-flow: storage is back; buffered records written.")
         return True
 
-    def _log_failure(self, exc: BaseException) -> None:
+    def log_failure(self, exc: BaseException) -> None:
+        """Log a storage failure: the first, then one line per ``error_log_interval``."""
         self._errors_since_log += 1
         now = time.monotonic()
         if now - self._last_error_log < self.error_log_interval:

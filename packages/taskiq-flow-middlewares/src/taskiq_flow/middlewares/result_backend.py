@@ -105,6 +105,8 @@ class StorageResultBackend(AsyncResultBackend[Any]):
             max_retry_interval=30.0,
             error_log_interval=60.0,
         )
+        self.progress_dropped = 0
+        """Progress updates not stored because the storage failed (see set_progress)."""
         # Records StorageMiddleware built in post_execute, waiting for set_result.
         self._attached: dict[str, dict[str, Any]] = {}
 
@@ -187,10 +189,19 @@ class StorageResultBackend(AsyncResultBackend[Any]):
         return result
 
     async def set_progress(self, task_id: str, progress: TaskProgress[Any]) -> None:
-        """Store the progress of a running task (``progress:{task_id}``)."""
-        await self.storage.set(
-            _progress_key(task_id), progress.model_dump(mode="json"), self.ttl_seconds
-        )
+        """Store the progress of a running task (``progress:{task_id}``); never raises.
+
+        Progress is best effort: while the storage is unreachable (or the progress
+        cannot be encoded) it is dropped with a rate-limited warning, so reporting
+        progress never turns the task's own result into an error.
+        """
+        try:
+            await self.storage.set(
+                _progress_key(task_id), progress.model_dump(mode="json"), self.ttl_seconds
+            )
+        except StorageError as exc:
+            self.progress_dropped += 1
+            self.writer.log_failure(exc)
 
     async def get_progress(self, task_id: str) -> TaskProgress[Any] | None:
         """The last progress ``set_progress`` stored for ``task_id``, or ``None``."""
