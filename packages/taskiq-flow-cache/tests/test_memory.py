@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from taskiq_flow.cache import CacheValueError, InMemoryCacheAdapter
+from taskiq_flow.cache.backend import LeaseResult
 from taskiq_flow.cache.codec import encode_entry
 
 
@@ -118,3 +119,86 @@ async def test_close_keeps_the_entries_and_clear_removes_them() -> None:
     assert await cache.get("k") == 1
     assert await cache.clear() == 1
     assert await cache.get("k") is None
+
+
+class _SlowRead(InMemoryCacheAdapter):
+    """A subclass whose read hook awaits (as a read through I/O or metrics would)."""
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        payload = await super()._read_raw(key)
+        await asyncio.sleep(0.05)
+        return payload
+
+
+async def test_a_value_landed_during_a_suspended_read_is_not_created_again() -> None:
+    # The late caller's read starts before the first caller commits and returns after
+    # its flight is gone: without a re-read it would run the creator a second time.
+    cache = _SlowRead()
+    runs = 0
+
+    async def creator() -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.03)
+        return runs
+
+    async def late() -> int:
+        await asyncio.sleep(0.06)
+        return int(await cache.get_or_create("k", creator, 60))
+
+    assert await asyncio.gather(cache.get_or_create("k", creator, 60), late()) == [1, 1]
+    assert runs == 1
+
+
+async def test_a_stale_entry_refreshed_during_a_suspended_read_is_not_regenerated_again() -> None:
+    cache = _SlowRead()
+    runs = 0
+
+    async def creator() -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.03)
+        return runs
+
+    assert await cache.get_or_create("t", creator, 1, stale_ttl=60) == 1
+    await asyncio.sleep(1.05)  # past the soft expiry, inside the stale window
+
+    async def late() -> int:
+        await asyncio.sleep(0.06)
+        return int(await cache.get_or_create("t", creator, 1, stale_ttl=60))
+
+    first, second = await asyncio.gather(cache.get_or_create("t", creator, 1, stale_ttl=60), late())
+    assert runs == 2  # the first run, then exactly one regeneration
+    assert (first, second) == (2, 2)
+
+
+def test_a_lease_hook_without_a_lease_period_is_refused_at_class_creation() -> None:
+    # The lock calls the lease hooks only when _lease_seconds is not None: overriding
+    # one without it would be silently ignored, so the class itself is refused.
+    with pytest.raises(TypeError, match="_acquire_lease"):
+
+        class _Leasing(InMemoryCacheAdapter):
+            async def _acquire_lease(
+                self, key: str, token: str, *, ignore: bytes | None
+            ) -> LeaseResult:
+                return await super()._acquire_lease(key, token, ignore=ignore)
+
+
+async def test_a_subclass_with_a_lease_period_gets_its_lease_hooks_called() -> None:
+    calls: list[str] = []
+
+    class _Leasing(InMemoryCacheAdapter):
+        @property
+        def _lease_seconds(self) -> float | None:
+            return 5.0
+
+        async def _acquire_lease(
+            self, key: str, token: str, *, ignore: bytes | None
+        ) -> LeaseResult:
+            calls.append(token)
+            return await super()._acquire_lease(key, token, ignore=ignore)
+
+    cache = _Leasing()
+    assert await cache.get_or_create("k", lambda: 7, 60) == 7
+    assert len(calls) == 1
+    assert calls[0]  # a real token: the lease path ran

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Coroutine
 from typing import Any
 
 from taskiq_flow.cache.codec import decode_entry
@@ -70,6 +71,23 @@ class BaseCacheAdapter(AsyncClosing, ABC):
     default_ttl: int | None
     _scope: str = "process"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a lease hook the lock would never call (no ``_lease_seconds``)."""
+        super().__init_subclass__(**kwargs)
+        if cls._lease_seconds is not BaseCacheAdapter._lease_seconds:
+            return
+        ignored = [
+            name
+            for name in ("_acquire_lease", "_renew_lease", "_wait_for_release")
+            if getattr(cls, name) is not getattr(BaseCacheAdapter, name)
+        ]
+        if ignored:
+            msg = (
+                f"{cls.__qualname__} overrides {', '.join(ignored)} but not _lease_seconds: "
+                "the lock calls the lease hooks only when _lease_seconds is not None"
+            )
+            raise TypeError(msg)
+
     def __init__(
         self,
         *,
@@ -123,7 +141,7 @@ class BaseCacheAdapter(AsyncClosing, ABC):
 
     # -- dogpile ---------------------------------------------------------------------------
 
-    async def get_or_create(
+    def get_or_create(
         self,
         key: str,
         creator: Creator,
@@ -131,8 +149,13 @@ class BaseCacheAdapter(AsyncClosing, ABC):
         *,
         stale_ttl: int | None = None,
         fallback_on_error: bool | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Return the cached value of ``key``, running ``creator`` once if there is none.
+
+        Use it as ``await cache.get_or_create(...)``. The arguments are checked when it
+        is called (a bad key or TTL raises right there), then the returned coroutine is
+        the lock itself: one coroutine per call, not two (a subclass may override it
+        with a plain ``async def``).
 
         A fresh entry costs one backend read. On a miss exactly one caller (per key, across
         every process sharing the backend) runs ``creator``; the others wait and receive its
@@ -173,7 +196,7 @@ class BaseCacheAdapter(AsyncClosing, ABC):
             msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
             raise CacheValueError(msg)
         fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
-        return await self._lock.get_or_create(key, creator, ttl, stale, fallback)
+        return self._lock.get_or_create(key, creator, ttl, stale, fallback)
 
     def get_stats(self) -> dict[str, Any]:
         """Counters of this adapter in this process.

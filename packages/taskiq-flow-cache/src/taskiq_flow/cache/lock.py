@@ -73,6 +73,7 @@ class _Request(NamedTuple):
 
 
 _new_request = tuple.__new__
+_GRANTED = LeaseResult(None, True, None)
 
 
 class _Pending:
@@ -121,6 +122,9 @@ class DogpileLock:
         # with nobody waiting yet: the first waiter turns it into a future, so the
         # uncontended miss (the common one) allocates none.
         self._flights: dict[str, asyncio.Future[Any] | _Pending] = {}
+        # Creations committed by this lock so far. A lease-less miss whose read saw this
+        # unchanged knows no flight here landed a value while the read was suspended.
+        self._landed = 0
 
     async def get_or_create(  # noqa: PLR0912 - hit and miss kept in one frame (hot path)
         self,
@@ -132,6 +136,7 @@ class DogpileLock:
     ) -> Any:
         """Return the cached value for ``key``, creating it once if needed (validated args)."""
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
+        landed = self._landed
         try:
             payload = await self._backend._read_raw(key)
         except _BACKEND_ERRORS:
@@ -150,6 +155,7 @@ class DogpileLock:
                     _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
                     entry.value,
                     payload,
+                    landed,
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
@@ -166,12 +172,15 @@ class DogpileLock:
                 _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error)
             )
             lease_seconds = self._backend._lease_seconds
-            if lease_seconds is None:
-                # No cross-process lease: the flight just registered is the election.
-                # Nothing awaited since the read, so there is nothing to re-read either.
+            if lease_seconds is not None:
+                value = await self._fill(request, None, payload, lease_seconds)
+            elif self._landed == landed:
+                # No cross-process lease: the flight just registered is the election, and
+                # no flight here landed a value while the read was suspended (a backend's
+                # _read_raw may await), so there is nothing to re-read.
                 value = await self._create(request, "", None)
             else:
-                value = await self._fill(request, None, payload, lease_seconds)
+                value = await self._create_unless_landed(request, payload)
         except Exception as exc:
             joined = flights.pop(key, None)
             if isinstance(joined, asyncio.Future):
@@ -223,6 +232,16 @@ class DogpileLock:
                 raise
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
+
+    async def _create_unless_landed(self, req: _Request, seen: bytes | None) -> Any:
+        """Lease-less miss after a flight here landed a value during our read: re-read."""
+        payload = await self._backend._read_raw(req.key)
+        if payload is not None and payload != seen:
+            entry = decode_entry(req.key, payload)
+            if entry is not None:
+                return entry.value
+            self._stats.corrupt_entries += 1
+        return await self._create(req, "", None)
 
     async def _fill(
         self, req: _Request, deadline: float | None, ignore: bytes | None, lease_seconds: float
@@ -299,6 +318,7 @@ class DogpileLock:
         if heartbeat is not None:
             await _stop(heartbeat)
         self._stats.regenerations += 1
+        self._landed += 1
         # How long the backend keeps the entry: its TTL plus any stale window, in ms.
         ttl_ms = None if ttl_seconds is None else (ttl_seconds + (stale_ttl or 0)) * 1000
         try:
@@ -334,7 +354,7 @@ class DogpileLock:
 
     # -- stale-while-revalidate -------------------------------------------------------------
 
-    async def _serve_stale(self, req: _Request, stale: Any, payload: bytes) -> Any:
+    async def _serve_stale(self, req: _Request, stale: Any, payload: bytes, landed: int) -> Any:
         key = req.key
         stats = self._stats
         if key in self._flights:
@@ -344,20 +364,9 @@ class DogpileLock:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         lease_seconds = self._backend._lease_seconds
-        token = ""
+        token = "" if lease_seconds is None else secrets.token_hex(16)
         try:
-            if lease_seconds is None:
-                # No cross-process lease: this flight is the one regeneration.
-                lease = LeaseResult(None, True, None)
-            else:
-                token = secrets.token_hex(16)
-                try:
-                    # ignore=payload: if another process refreshed the entry meanwhile,
-                    # the new value comes back instead of a second regeneration.
-                    lease = await self._backend._acquire_lease(key, token, ignore=payload)
-                except _BACKEND_ERRORS as exc:
-                    logger.warning("serving a stale value of %r: %s", key, exc)
-                    lease = LeaseResult(None, False, None)
+            lease = await self._refresh_lease(key, token, payload, landed)
             if lease.payload is not None:
                 refreshed = decode_entry(key, lease.payload)
                 if refreshed is not None:
@@ -386,6 +395,26 @@ class DogpileLock:
             _settle(flight, _LeaderGone())
             if self._flights.get(key) is flight:
                 del self._flights[key]
+
+    async def _refresh_lease(
+        self, key: str, token: str, payload: bytes, landed: int
+    ) -> LeaseResult:
+        """May this caller regenerate the stale ``payload``? Or has someone refreshed it?"""
+        if not token:
+            # No cross-process lease: this flight is the one regeneration, unless a
+            # flight here refreshed the entry while our read was suspended.
+            if self._landed != landed:
+                fresh = await self._backend._read_raw(key)
+                if fresh is not None and fresh != payload:
+                    return LeaseResult(fresh, False, None)
+            return _GRANTED
+        try:
+            # ignore=payload: if another process refreshed the entry meanwhile, the new
+            # value comes back instead of a second regeneration.
+            return await self._backend._acquire_lease(key, token, ignore=payload)
+        except _BACKEND_ERRORS as exc:
+            logger.warning("serving a stale value of %r: %s", key, exc)
+            return LeaseResult(None, False, None)
 
     async def _uncached(self, req: _Request) -> Any:
         logger.warning("cache backend unavailable; calling the creator of %r uncached", req.key)

@@ -31,6 +31,7 @@ from taskiq_flow.cache.base import (
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
 from taskiq_flow.storage.glob import escape_glob
+from taskiq_flow.storage.kit.checks import check_key
 from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
@@ -77,6 +78,12 @@ return released
 """
 
 
+def _prefix_error(value: object, reason: str) -> Exception:
+    return CacheValueError(
+        f"key_prefix must be a non-empty string encodable as UTF-8, got {value!r} ({reason})"
+    )
+
+
 class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
     """A Redis-backed cache whose ``get_or_create`` holds across processes.
 
@@ -121,9 +128,9 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         retries: int = 2,
         max_connections: int = 64,
     ) -> None:
-        if not isinstance(key_prefix, str) or not key_prefix:
-            msg = f"key_prefix must be a non-empty string, got {key_prefix!r}"
-            raise CacheValueError(msg)
+        # The storage key rules: every key is key_prefix + a checked key, so a prefix
+        # UTF-8 cannot hold (a lone surrogate) would fail every command.
+        check_key(key_prefix, _prefix_error)
         lease = check_cache_seconds(lock_timeout, "lock_timeout")
         super().__init__(
             default_ttl=default_ttl,
