@@ -99,7 +99,7 @@ def _as_returned(key: str, value: Any, payload: bytes) -> Any:
     That is a decoded copy of ``payload``, except for the immutable types above.
     """
     if type(value) in _SAME_WHEN_DECODED:
-        return value
+        return value  # callers on the hot path test this first themselves
     entry = decode_entry(key, payload)
     return value if entry is None else entry.value
 
@@ -292,13 +292,11 @@ class DogpileLock:
     # -- the holder ----------------------------------------------------------------------
 
     async def _create(self, req: _Request, token: str, lease_seconds: float | None) -> Any:
-        key, ttl_seconds, stale_ttl = req.key, req.ttl_seconds, req.stale_ttl
-        backend = self._backend
+        key, creator, ttl_seconds, stale_ttl, _ = req
         heartbeat: asyncio.Task[None] | None = None
         if lease_seconds is not None:
             heartbeat = asyncio.create_task(self._heartbeat(key, token, lease_seconds))
         try:
-            creator = req.creator
             # A plain ``async def`` is awaited here; anything else goes to call_creator.
             if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
                 value = await creator()
@@ -322,12 +320,12 @@ class DogpileLock:
         # How long the backend keeps the entry: its TTL plus any stale window, in ms.
         ttl_ms = None if ttl_seconds is None else (ttl_seconds + (stale_ttl or 0)) * 1000
         try:
-            await backend._commit(key, token, payload, ttl_ms)
+            await self._backend._commit(key, token, payload, ttl_ms)
         except _BACKEND_ERRORS:
             if not req.fallback_on_error:
                 raise
             logger.warning("could not store the new value of %r; returning it uncached", key)
-        return _as_returned(key, value, payload)
+        return value if type(value) in _SAME_WHEN_DECODED else _as_returned(key, value, payload)
 
     async def _heartbeat(self, key: str, token: str, lease: float) -> None:
         interval = lease / 3
