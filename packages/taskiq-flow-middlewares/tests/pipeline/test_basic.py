@@ -81,6 +81,11 @@ async def test_run_state_keys_and_labels(make_flow) -> None:
         "pipeline:state_v1:data:stats",
         "pipeline:state_v1:claim:extract_features",
         "pipeline:state_v1:claim:compute_stats",
+        # signs of life (the lease): when each node was sent, started and finished
+        "pipeline:state_v1:sent:extract_features",
+        "pipeline:state_v1:sent:compute_stats",
+        "pipeline:state_v1:step:extract_features",
+        "pipeline:state_v1:step:compute_stats",
     }
     sent = {m.labels[LABEL_PIPELINE_NODE]: m for m in flow.sends.sent}
     assert set(sent) == {"extract_features", "compute_stats"}
@@ -269,7 +274,7 @@ async def test_run_state_carries_the_run_ttl(make_flow) -> None:
     run = await pipeline.kiq(data=[1], pipeline_id="ttl_1")
     await run.wait_result(timeout=5)
     state = [k for k in await flow.storage.keys("pipeline:ttl_1:*") if ":task:" not in k]
-    assert len(state) == 7
+    assert len(state) == 11  # spec, done, 3 data, 2 claims, 2 sent, 2 step markers
     for key in state:
         entry = await flow.storage.get_entry(key)
         assert entry is not None

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from taskiq_flow.config import ConfigError
-from taskiq_flow.factory.cli import cache, config, demo, schedules, storage, tasks
+from taskiq_flow.factory.cli import cache, config, demo, pipeline, schedules, storage, tasks
 from taskiq_flow.factory.cli._common import (
     DEFAULT_SQLITE_PATH,
     EXIT_BACKEND_ERROR,
@@ -61,6 +61,7 @@ _COMMANDS: Final[dict[str, Command]] = {
     "storage": storage,
     "tasks": tasks,
     "schedules": schedules,
+    "pipeline": pipeline,
     "cache": cache,
     "config": config,
 }

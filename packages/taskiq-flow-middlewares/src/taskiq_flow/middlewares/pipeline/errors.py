@@ -12,8 +12,11 @@ from taskiq.exceptions import TaskiqResultTimeoutError
 from taskiq_flow.middlewares.errors import MiddlewareError
 
 __all__ = [
+    "PipelineCancelledError",
     "PipelineDefinitionError",
     "PipelineError",
+    "PipelineRunNotFoundError",
+    "PipelineRunStateError",
     "PipelineStepError",
     "PipelineTimeoutError",
 ]
@@ -44,10 +47,40 @@ class PipelineStepError(PipelineError):
     task_id: str
     error_type: str
     error_message: str
+    # The element's index when the node fans out (``map_over``); also in the message.
+    element: int | None = None
 
 
 class PipelineTimeoutError(PipelineError, TaskiqResultTimeoutError):
     """``wait_result`` gave up before the run finished (the run itself goes on)."""
 
-    __template__ = "pipeline {pipeline_id!r} did not finish within {timeout} seconds"
+    __template__ = (
+        "pipeline {pipeline_id!r} did not finish within {timeout} seconds (state: {state})"
+    )
     pipeline_id: str
+    # The run's state when the wait gave up: "running" (or "stalled": work lost, not
+    # yet re-driven), see ``DataflowRun.status()``.
+    state: str = "running"
+
+
+class PipelineCancelledError(PipelineError):
+    """The run was cancelled (``run.cancel()`` / ``pipeline.cancel(id)``) before it finished."""
+
+    __template__ = "pipeline {pipeline_id!r} was cancelled"
+    pipeline_id: str
+
+
+class PipelineRunNotFoundError(PipelineError, LookupError):
+    """No stored run has this ``pipeline_id`` (never started, or its state expired)."""
+
+    __template__ = "no pipeline run {pipeline_id!r} in storage"
+    pipeline_id: str
+
+
+class PipelineRunStateError(PipelineError, ValueError):
+    """The run is in a state that does not allow this (cancel a finished run, resume a done one)."""
+
+    __template__ = "cannot {action} pipeline {pipeline_id!r}: it is {state}"
+    pipeline_id: str
+    action: str
+    state: str

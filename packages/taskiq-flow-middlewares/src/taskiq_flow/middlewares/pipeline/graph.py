@@ -18,7 +18,20 @@ import msgspec
 from taskiq_flow.middlewares.pipeline.errors import PipelineDefinitionError
 from taskiq_flow.middlewares.pipeline.task import PipelineTaskInfo
 
-__all__ = ["RESERVED_INPUTS", "Graph", "GraphNode", "RunSpec", "SpecNode", "check_pipeline_id"]
+__all__ = [
+    "MAX_MAP_ELEMENTS",
+    "RESERVED_INPUTS",
+    "Graph",
+    "GraphNode",
+    "RunSpec",
+    "SpecNode",
+    "check_map_input",
+    "check_pipeline_id",
+]
+
+# Elements one ``map_over`` node may fan out to in one run: each is a message and a
+# stored item, and the last element to finish reads all items once (cost ~ n^2 / 2 keys).
+MAX_MAP_ELEMENTS = 1000
 
 # Keyword arguments of kiq/kiq_dataflow themselves, so no input may carry these names.
 RESERVED_INPUTS = frozenset({"pipeline_id", "timeout"})
@@ -37,6 +50,21 @@ def check_pipeline_id(pipeline_id: object) -> str:
     return pipeline_id
 
 
+def check_map_input(node: str, name: str, value: object) -> list[Any]:
+    """Return ``value`` as the list a ``map_over`` node fans out over, else raise."""
+    if not isinstance(value, list):
+        raise PipelineDefinitionError(
+            reason=f"node {node!r} maps over {name!r}, which must be a list, "
+            f"got {type(value).__name__}",
+        )
+    if len(value) > MAX_MAP_ELEMENTS:
+        raise PipelineDefinitionError(
+            reason=f"node {node!r} maps over {len(value)} elements of {name!r}; "
+            f"the limit is {MAX_MAP_ELEMENTS} per run",
+        )
+    return value
+
+
 class SpecNode(msgspec.Struct, frozen=True, kw_only=True):
     """One node of a run: which task to send, under which id, fed by which names."""
 
@@ -46,6 +74,11 @@ class SpecNode(msgspec.Struct, frozen=True, kw_only=True):
     output: str
     inputs: tuple[str, ...]
     retries: int = 0
+    map_over: str | None = None
+
+    def element_task_id(self, index: int) -> str:
+        """The task id of element ``index`` of a ``map_over`` node (fixed, like the node's)."""
+        return f"{self.task_id}-{index}"
 
 
 class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +89,10 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     ttl_seconds: int | None
     given: tuple[str, ...]
     nodes: tuple[SpecNode, ...]
+    # A claimed, sent or running step with no sign of life for this long is re-driven
+    # (see docs/pipelines.md, "No stuck runs"); at most ``max_attempts`` times per node.
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -155,6 +192,8 @@ class Graph:
         new_task_id: Callable[[], str],
         created_at: float,
         ttl_seconds: int | None,
+        lease_seconds: float = 60.0,
+        max_attempts: int = 5,
     ) -> RunSpec:
         """Check one run's inputs and fix its task ids and per-node input names."""
         unknown = sorted(set(inputs) - self.external_inputs)
@@ -175,6 +214,10 @@ class Graph:
                 reason=f"missing input(s) {missing}: no node produces them and kiq() "
                 "was not given them",
             )
+        for node in self.nodes:
+            item = node.info.map_over
+            if item is not None and item in inputs:
+                check_map_input(node.info.name, item, inputs[item])
         available = set(inputs) | set(self.producers)
         nodes = tuple(
             SpecNode(
@@ -188,6 +231,7 @@ class Graph:
                     if item in available
                 ),
                 retries=node.info.retries,
+                map_over=node.info.map_over,
             )
             for node in self.nodes
         )
@@ -197,4 +241,6 @@ class Graph:
             ttl_seconds=ttl_seconds,
             given=tuple(sorted(inputs)),
             nodes=nodes,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
         )

@@ -4,6 +4,8 @@ It acts in ``post_save`` only. taskiq's retry middlewares turn a failure they re
 into ``NoResultError``, for which the receiver skips ``post_save``; so a step that
 reaches ``post_save`` has its final result, and only final errors fail a run. A cache
 hit still saves a result, so a cached step advances its run like an executed one.
+``pre_execute`` / ``post_execute`` keep the step's execution marker and heartbeat (the
+lease, see ``lease.py``); the recovery and control paths live in ``control.py``.
 
 Sending the next steps from inside ``post_save`` would nest one step inside the
 previous one under ``InMemoryBroker(await_inplace=True)`` (whose ``kick`` runs the task
@@ -16,42 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
-from taskiq.kicker import AsyncKicker
+from taskiq import TaskiqMessage, TaskiqResult
+from taskiq.exceptions import NoResultError
 
-from taskiq_flow.middlewares._labels import LABEL_PIPELINE_ID
-from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
-from taskiq_flow.middlewares.pipeline.state import (
-    Advance,
-    ClaimedStep,
-    RunKeys,
-    advance,
-    failure_record,
+from taskiq_flow.middlewares.pipeline.control import PipelineControl, retrying
+from taskiq_flow.middlewares.pipeline.graph import MAX_MAP_ELEMENTS, RunSpec, SpecNode
+from taskiq_flow.middlewares.pipeline.sender import (
+    LABEL_PIPELINE_ID,
+    LABEL_PIPELINE_NODE,
+    StepLabels,
+    send_step,
 )
-from taskiq_flow.middlewares.storage import (
-    StorageMiddleware,
-    check_number,
-    check_storage_arguments,
-)
-from taskiq_flow.storage import (
-    BaseStorageAdapter,
-    InMemoryStorageAdapter,
-    StorageConnectionError,
-    StorageError,
-    StorageSerializationError,
-)
+from taskiq_flow.middlewares.pipeline.state import ClaimedStep, RunKeys
+from taskiq_flow.storage import StorageError, StorageSerializationError
 
 __all__ = ["LABEL_PIPELINE_ID", "LABEL_PIPELINE_NODE", "PipelineMiddleware"]
 
 logger = logging.getLogger("taskiq_flow.pipeline")
-
-LABEL_PIPELINE_NODE = "pipeline_node"
 
 
 @dataclass(eq=False)
@@ -62,36 +53,19 @@ class _Drain:
     queue: collections.deque[ClaimedStep] = field(default_factory=collections.deque)
 
 
-# Pauses between attempts when the storage is unreachable (then the error is logged).
-_BACKOFF = (0.05, 0.2, 0.8)
-
-_T = TypeVar("_T")
-
-
-async def _retrying(what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
-    """Run an idempotent storage operation, retrying connection errors a few times."""
-    for pause in (*_BACKOFF, None):
-        try:
-            return await operation()
-        except StorageConnectionError as exc:
-            if pause is None:
-                raise
-            logger.warning("pipeline: could not %s (%s); retrying in %.2fs", what, exc, pause)
-            await asyncio.sleep(pause)
-    raise AssertionError  # pragma: no cover - the last attempt returns or raises
-
-
 _DRAIN: contextvars.ContextVar[_Drain | None] = contextvars.ContextVar(
     "taskiq_flow_pipeline_drain",
     default=None,
 )
 
 
-class PipelineMiddleware(TaskiqMiddleware):
+class PipelineMiddleware(PipelineControl):
     """Drive dataflow pipelines (``DataflowPipeline``) from run state kept in storage.
 
     Any number of workers may advance one run: each step's worker writes its output,
-    then claims and sends whatever became ready; a claim is an atomic ``add``.
+    then claims and sends whatever became ready; a claim is an atomic ``add``. A step
+    claimed, sent or running with no sign of life for ``lease_seconds`` is re-driven
+    by whoever watches the run (``wait_result``, ``resume``), see docs/pipelines.md.
 
     Args:
         storage: where run state lives. ``None``: the storage of the broker's
@@ -100,68 +74,18 @@ class PipelineMiddleware(TaskiqMiddleware):
         ttl_seconds: how long a run's state is kept; ``None`` uses the storage's
             default TTL.
         spec_cache_size: how many run specs a worker keeps in memory (they never change).
+        lease_seconds: how long a step may show no sign of life (not sent, not started,
+            no heartbeat) before it is sent again; runs take it from the producer.
+        max_attempts: sends per node before a run whose step keeps vanishing fails.
 
     Raises:
-        MiddlewareConfigError: a bad ``ttl_seconds`` (a ``ValueError``).
-        MiddlewareConfigTypeError: ``storage`` is not a ``BaseStorageAdapter``, or
-            ``spec_cache_size`` not a number (a ``TypeError``).
+        MiddlewareConfigError: a bad ``ttl_seconds``, ``lease_seconds`` or
+            ``max_attempts`` (a ``ValueError``).
+        MiddlewareConfigTypeError: ``storage`` is not a ``BaseStorageAdapter``, or a
+            number is not a number (a ``TypeError``).
     """
 
-    def __init__(
-        self,
-        storage: BaseStorageAdapter | None = None,
-        *,
-        ttl_seconds: int | None = None,
-        spec_cache_size: int = 1024,
-    ) -> None:
-        super().__init__()
-        check_storage_arguments(storage, ttl_seconds)
-        check_number("spec_cache_size", spec_cache_size)
-        self.ttl_seconds = ttl_seconds
-        self._storage = storage
-        self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
-        self._spec_cache_size = max(1, spec_cache_size)
-        self._counters = {
-            "steps_advanced": 0,
-            "steps_failed": 0,
-            "steps_sent": 0,
-            "claims_won": 0,
-            "claims_lost": 0,
-            "claims_taken": 0,
-            "runs_started": 0,
-            "runs_done": 0,
-            "errors": 0,
-        }
-
-    @property
-    def storage(self) -> BaseStorageAdapter:
-        """The adapter holding run state (resolved on first use, see the class docs)."""
-        if self._storage is None:
-            self._storage = self._find_storage()
-        return self._storage
-
-    def _find_storage(self) -> BaseStorageAdapter:
-        broker = getattr(self, "broker", None)
-        for middleware in getattr(broker, "middlewares", ()):
-            if isinstance(middleware, StorageMiddleware):
-                return middleware.storage
-        logger.warning(
-            "PipelineMiddleware has no storage and the broker has no StorageMiddleware: "
-            "run state is kept in this process only (multi-worker runs will not advance).",
-        )
-        return InMemoryStorageAdapter()
-
-    def get_stats(self) -> dict[str, int]:
-        """Counters of this process (a dict of ints).
-
-        ``steps_advanced`` / ``steps_failed``: step results handled; ``steps_sent``:
-        messages sent for claimed nodes; ``claims_won``: claims this process took;
-        ``claims_lost``: claims it tried and lost to a concurrent advancer (a race settled
-        by ``add``); ``claims_taken``: nodes a finished step feeds that it found ready but
-        already claimed (a duplicate trigger avoided); ``runs_started`` / ``runs_done``;
-        ``errors``: problems logged instead of raised.
-        """
-        return dict(self._counters)
+    # -- hooks for subclasses (tests widen races and inject faults here) --------------
 
     async def before_readiness_check(self, pipeline_id: str, node: str) -> None:
         """Hook between writing a step's output and reading which nodes are ready.
@@ -170,153 +94,158 @@ class PipelineMiddleware(TaskiqMiddleware):
         sleep here). ``node`` is the step that just finished.
         """
 
-    # -- taskiq hook -----------------------------------------------------------------------
+    async def before_send(self, pipeline_id: str, node: str, attempt: int) -> None:
+        """Hook after a node's claim was won and before its message is sent.
+
+        Does nothing; the fault tests kill the process here (the claim->send window).
+        """
+
+    # -- taskiq hooks --------------------------------------------------------------------
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Mark a pipeline step as started and keep its heartbeat while it runs."""
+        labels = StepLabels.of(message)
+        if labels is None:
+            return message
+        try:
+            spec = await self._spec(labels.pipeline_id)
+            if spec is not None:
+                await self._start_beating(spec, labels, message.task_id)
+        except Exception as exc:  # a marker is best effort: the lease covers its absence
+            self._counters["errors"] += 1
+            logger.warning("pipeline %s: no start marker (%s)", labels.pipeline_id, exc)
+        return message
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Stop the step's heartbeat (called whether or not its result is saved)."""
+        beat_id = _beat_id(message)
+        beat = self._beats.pop(beat_id, None)
+        if beat is not None:
+            beat.cancel()
+        if isinstance(result.error, NoResultError):  # retried: post_save will not come
+            self._started.pop(beat_id, None)
 
     async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Record this step's output or failure, then claim and send the ready nodes."""
-        pipeline_id = message.labels.get(LABEL_PIPELINE_ID)
-        node_name = message.labels.get(LABEL_PIPELINE_NODE)
-        if not pipeline_id or not node_name:
+        labels = StepLabels.of(message)
+        if labels is None:
             return
         try:
-            await self._finish_step(str(pipeline_id), str(node_name), result)
+            await self._finish_step(labels, message.task_id, result)
         except Exception:
-            # A pipeline problem must never break the worker; the run will time out.
+            # A pipeline problem must never break the worker; the lease re-drives the step.
             self._counters["errors"] += 1
             logger.exception(
                 "pipeline %s: could not advance after node %s (task %s)",
-                pipeline_id,
-                node_name,
+                labels.pipeline_id,
+                labels.node,
                 message.task_id,
             )
 
-    # -- the engine (also used by DataflowPipeline.kiq) ------------------------------------
+    # -- heartbeats ----------------------------------------------------------------------
 
-    async def start_run(self, spec: RunSpec, inputs: dict[str, Any]) -> bool:
-        """Reserve the run's id, store its inputs and send its first nodes.
+    async def _start_beating(self, spec: RunSpec, labels: StepLabels, task_id: str) -> None:
+        key = RunKeys(spec.pipeline_id).step(labels.node, labels.element)
+        now = time.time()
+        marker = {"attempt": labels.attempt, "task_id": task_id, "started_at": now}
+        await self.storage.set(
+            key, {**marker, "beat_at": now, "finished_at": None}, spec.ttl_seconds
+        )
+        beat_id = f"{task_id}:{labels.attempt}"
+        old = self._beats.pop(beat_id, None)
+        if old is not None:
+            old.cancel()
+        self._started[beat_id] = now
+        self._beats[beat_id] = asyncio.create_task(self._beat(spec, key, marker))
 
-        Returns ``False`` (and writes nothing) when the id is already taken.
+    async def _beat(self, spec: RunSpec, key: str, marker: dict[str, Any]) -> None:
+        while True:
+            await asyncio.sleep(spec.lease_seconds / 3)
+            with contextlib.suppress(StorageError):
+                beat = {**marker, "beat_at": time.time(), "finished_at": None}
+                await self.storage.set(key, beat, spec.ttl_seconds)
 
-        Raises:
-            StorageSerializationError: an input cannot be stored (the id is released).
-            StorageError: the storage failed (after bounded retries).
-        """
-        storage = self.storage
-        keys = RunKeys(spec.pipeline_id)
-        if not await storage.add(keys.spec, spec, spec.ttl_seconds):
-            return False
+    async def _close_marker(
+        self, spec: RunSpec, labels: StepLabels, task_id: str, *, ok: bool
+    ) -> None:
+        key = RunKeys(spec.pipeline_id).step(labels.node, labels.element)
+        now = time.time()
+        started_at = self._started.pop(f"{task_id}:{labels.attempt}", now)
+        closed = {
+            "attempt": labels.attempt,
+            "task_id": task_id,
+            "started_at": started_at,
+            "beat_at": now,
+            "finished_at": now,
+            "ok": ok,
+        }
         try:
-            if inputs:
-                await storage.set_many(
-                    {keys.data(name): value for name, value in inputs.items()},
-                    spec.ttl_seconds,
-                )
-        except StorageError:
-            await storage.delete(keys.spec)
-            raise
-        self._remember(spec)
-        self._counters["runs_started"] += 1
-        await self._advance(spec, nested=False)
-        return True
+            await self.storage.set(key, closed, spec.ttl_seconds)
+        except StorageError as exc:  # status only: the output decides what happens next
+            logger.warning("pipeline %s: no finish marker (%s)", spec.pipeline_id, exc)
+
+    # -- finishing a step ----------------------------------------------------------------
 
     async def _finish_step(
         self,
-        pipeline_id: str,
-        node_name: str,
+        labels: StepLabels,
+        task_id: str,
         result: TaskiqResult[Any],
     ) -> None:
-        storage = self.storage
-        spec = await _retrying("read the spec", lambda: self._spec(pipeline_id))
+        pipeline_id = labels.pipeline_id
+        spec = await retrying("read the spec", lambda: self._spec(pipeline_id))
         if spec is None:
             logger.warning(
                 "pipeline %s: no spec in storage (expired or another store?); node %s "
                 "finished but the run cannot advance",
                 pipeline_id,
-                node_name,
+                labels.node,
             )
             return
-        node = spec.node(node_name)
+        node = spec.node(labels.node)
         if node is None:
-            logger.warning("pipeline %s: unknown node %s", pipeline_id, node_name)
+            logger.warning("pipeline %s: unknown node %s", pipeline_id, labels.node)
             return
+        await self._close_marker(spec, labels, task_id, ok=not result.is_err)
         if result.is_err:
             error = result.error
-            await self._fail(spec, node, type(error).__qualname__, str(error))
+            await self._fail(spec, node, type(error).__qualname__, str(error), labels.element)
             return
-        key = RunKeys(pipeline_id).data(node.output)
+        keys = RunKeys(pipeline_id)
+        value = result.return_value
+        if labels.element is not None and node.map_over is not None:
+            value = await self._finish_element(spec, node, labels.element, value)
+            if value is _NOT_YET:
+                return
+        key = keys.data(node.output)
         try:
             # add: a redelivered step cannot replace the value consumers already read.
-            await _retrying(
-                "write an output",
-                lambda: storage.add(key, result.return_value, spec.ttl_seconds),
+            await retrying(
+                "write an output", lambda: self.storage.add(key, value, spec.ttl_seconds)
             )
         except StorageSerializationError as exc:
-            await self._fail(spec, node, type(exc).__qualname__, str(exc))
+            await self._fail(spec, node, type(exc).__qualname__, str(exc), labels.element)
             return
         self._counters["steps_advanced"] += 1
         await self.before_readiness_check(pipeline_id, node.name)
         await self._advance(spec, nested=True, finished=node)
 
-    async def _advance(
-        self,
-        spec: RunSpec,
-        *,
-        nested: bool,
-        finished: SpecNode | None = None,
-    ) -> None:
-        """Run ``advance`` and send what it claimed; retry it on connection errors."""
-        for pause in (*_BACKOFF, None):
-            error: StorageError | None
-            try:
-                outcome = await advance(self.storage, spec, finished)
-            except StorageConnectionError as exc:
-                error = exc
-            else:
-                self._count(outcome)
-                # Claims won before an error must be sent whatever happens next.
-                await self._dispatch(outcome.steps, nested=nested)
-                error = outcome.error
-                if error is None:
-                    return
-            if pause is None or not isinstance(error, StorageConnectionError):
-                raise error
-            logger.warning(
-                "pipeline %s: storage unreachable while advancing (%s); retrying in %.2fs",
-                spec.pipeline_id,
-                error,
-                pause,
-            )
-            await asyncio.sleep(pause)
+    async def _finish_element(self, spec: RunSpec, node: SpecNode, index: int, value: Any) -> Any:
+        """Store one element's result; the node's output list once every element has one."""
+        keys = RunKeys(spec.pipeline_id)
+        item = keys.item(node.name, index)
+        assert node.map_over is not None  # noqa: S101 - only map nodes have elements
+        await retrying("write an element", lambda: self.storage.add(item, value, spec.ttl_seconds))
+        self._counters["elements_done"] += 1
+        items = await self.storage.get(keys.data(node.map_over))
+        count = len(items) if isinstance(items, list) else 0
+        wanted = [keys.item(node.name, i) for i in range(count)]
+        found = await self.storage.get_many(wanted)
+        if len(found) < count:
+            return _NOT_YET
+        return [found[key] for key in wanted]
 
-    async def _fail(self, spec: RunSpec, node: SpecNode, error_type: str, message: str) -> None:
-        self._counters["steps_failed"] += 1
-        record = failure_record(node, error_type, message)
-        key = RunKeys(spec.pipeline_id).failed
-        await _retrying("record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds))
-
-    def _count(self, outcome: Advance) -> None:
-        self._counters["claims_won"] += outcome.claims_won
-        self._counters["claims_lost"] += outcome.claims_lost
-        self._counters["claims_taken"] += outcome.claims_taken
-        if outcome.marked_done:
-            self._counters["runs_done"] += 1
-
-    def _remember(self, spec: RunSpec) -> None:
-        self._specs[spec.pipeline_id] = spec
-        self._specs.move_to_end(spec.pipeline_id)
-        while len(self._specs) > self._spec_cache_size:
-            self._specs.popitem(last=False)
-
-    async def _spec(self, pipeline_id: str) -> RunSpec | None:
-        spec = self._specs.get(pipeline_id)
-        if spec is None:
-            spec = await self.storage.get(RunKeys(pipeline_id).spec, type=RunSpec)
-            if spec is None:
-                return None
-            self._remember(spec)
-        return spec
-
-    # -- sending ------------------------------------------------------------------------------
+    # -- sending -------------------------------------------------------------------------
 
     async def _dispatch(self, steps: Iterable[ClaimedStep], *, nested: bool) -> None:
         current = asyncio.current_task()
@@ -330,31 +259,86 @@ class PipelineMiddleware(TaskiqMiddleware):
         token = _DRAIN.set(drain)
         try:
             while drain.queue:
-                await self._send(drain.queue.popleft())
+                # Back to back (siblings start together), then one write of their markers.
+                batch = list(drain.queue)
+                drain.queue.clear()
+                await self._mark_sent([step for step in batch if await self._send(step)])
         finally:
             _DRAIN.reset(token)
 
-    async def _send(self, step: ClaimedStep) -> None:
+    async def _mark_sent(self, steps: list[ClaimedStep]) -> None:
+        now = time.time()
+        by_ttl: dict[int | None, dict[str, Any]] = {}
+        for step in steps:
+            key = RunKeys(step.spec.pipeline_id).sent(step.node.name)
+            by_ttl.setdefault(step.spec.ttl_seconds, {})[key] = {"at": now, "attempt": step.attempt}
+        for ttl, markers in by_ttl.items():
+            try:
+                await self.storage.set_many(markers, ttl)
+            except StorageError as exc:  # status only: the claim's time stands in for it
+                logger.warning("pipeline: no sent markers (%s)", exc)
+
+    async def _send(self, step: ClaimedStep) -> bool:
+        """Send one claimed step; ``False`` if it was not (a failure is recorded)."""
         spec, node = step.spec, step.node
+        await self.before_send(spec.pipeline_id, node.name, step.attempt)
         try:
-            task = self.broker.find_task(node.task_name)
-            kicker: AsyncKicker[Any, Any] = (
-                task.kicker().with_broker(self.broker)
-                if task is not None
-                else AsyncKicker(task_name=node.task_name, broker=self.broker, labels={})
-            )
-            kicker.with_task_id(node.task_id).with_labels(
-                **{LABEL_PIPELINE_ID: spec.pipeline_id, LABEL_PIPELINE_NODE: node.name},
-            )
-            if node.retries and "retry_on_error" not in kicker.labels:
-                # taskiq's retry middlewares count the first attempt in max_retries.
-                kicker.with_labels(retry_on_error=True, max_retries=node.retries + 1)
-            await kicker.kiq(**step.kwargs)
+            items = None
+            if node.map_over is not None:
+                items = _map_input(node, step.kwargs.get(node.map_over))
+                if not items:
+                    await self._empty_map(spec, node)
+                    return False
+            sent = await send_step(self.broker, step, items)
             self._counters["steps_sent"] += 1
+            self._counters["messages_sent"] += sent
+            if step.attempt > 1:
+                self._counters["steps_redriven"] += 1
         except Exception as exc:
             self._counters["errors"] += 1
             logger.exception("pipeline %s: could not send node %s", spec.pipeline_id, node.name)
+            reason = str(exc) if isinstance(exc, _MapInputError) else f"not sent: {exc}"
             try:
-                await self._fail(spec, node, type(exc).__qualname__, f"not sent: {exc}")
+                await self._fail(spec, node, _error_type(exc), reason)
             except StorageError:
                 logger.exception("pipeline %s: could not record the failure", spec.pipeline_id)
+            return False
+        return True
+
+    async def _empty_map(self, spec: RunSpec, node: SpecNode) -> None:
+        key = RunKeys(spec.pipeline_id).data(node.output)
+        await self.storage.add(key, [], spec.ttl_seconds)
+        self._counters["steps_advanced"] += 1
+        await self._advance(spec, nested=True, finished=node)
+
+
+_NOT_YET: Any = object()
+
+
+def _beat_id(message: TaskiqMessage) -> str:
+    labels = StepLabels.of(message)
+    return f"{message.task_id}:{labels.attempt if labels else 1}"
+
+
+class _MapInputError(Exception):
+    """The list a ``map_over`` node fans out over is not a list, or too long."""
+
+
+def _error_type(exc: Exception) -> str:
+    return "PipelineDefinitionError" if isinstance(exc, _MapInputError) else type(exc).__qualname__
+
+
+def _map_input(node: SpecNode, items: Any) -> list[Any]:
+    if not isinstance(items, list):
+        msg = (
+            f"node {node.name!r} maps over {node.map_over!r}, which must be a list, "
+            f"got {type(items).__name__}"
+        )
+        raise _MapInputError(msg)
+    if len(items) > MAX_MAP_ELEMENTS:
+        msg = (
+            f"node {node.name!r} maps over {len(items)} elements of {node.map_over!r}; "
+            f"the limit is {MAX_MAP_ELEMENTS} per run"
+        )
+        raise _MapInputError(msg)
+    return items

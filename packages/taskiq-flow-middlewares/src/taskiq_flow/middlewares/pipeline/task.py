@@ -45,6 +45,7 @@ class PipelineTaskInfo:
     output: str
     signature: NodeSignature
     retries: int
+    map_over: str | None = None
 
 
 def _check_name(kind: str, value: object) -> str:
@@ -162,6 +163,7 @@ def pipeline_task(
     *,
     retries: int = 0,
     name: str | None = None,
+    map_over: str | None = None,
 ) -> Callable[[F], F]:
     """Declare a pipeline node: the task produces ``output``; its parameters are inputs.
 
@@ -177,13 +179,17 @@ def pipeline_task(
             ``retry_on_error``/``max_retries`` labels (the broker needs a retry
             middleware such as ``SimpleRetryMiddleware``).
         name: the node's name (default: the function's name).
+        map_over: a required input holding a list: the task runs once per element
+            (that parameter receives one element), in parallel, and ``output`` is the
+            list of results in input order (at most ``MAX_MAP_ELEMENTS`` elements).
 
     Returns:
         A decorator returning its argument unchanged, with the description attached.
 
     Raises:
         PipelineDefinitionError: a name is not an identifier, an input is not a
-            parameter, or a parameter can never be fed.
+            parameter, a parameter can never be fed, or ``map_over`` is not a
+            required input.
     """
     _check_name("output", output)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -192,15 +198,24 @@ def pipeline_task(
         )
     if name is not None:
         _check_name("name", name)
+    if map_over is not None:
+        _check_name("map_over", map_over)
 
     def decorate(target: F) -> F:
         func = _function_of(target)
         node_name = name or func.__name__.removesuffix(_TASKIQ_SUFFIX)
+        signature = _signature_of(func, node_name, inputs)
+        if map_over is not None and map_over not in signature.required:
+            raise PipelineDefinitionError(
+                reason=f"node {node_name!r}: map_over={map_over!r} must name a required "
+                f"input (required inputs: {list(signature.required)})",
+            )
         info = PipelineTaskInfo(
             name=node_name,
             output=output,
-            signature=_signature_of(func, node_name, inputs),
+            signature=signature,
             retries=retries,
+            map_over=map_over,
         )
         setattr(func, _ATTR, info)
         return target
