@@ -7,11 +7,14 @@ script runs to the end, checks its own answers, and reports every row.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from taskiq_flow_testing import redis_url_or_skip
 
 BENCH = Path(__file__).parents[1] / "scripts" / "bench"
 
@@ -36,3 +39,33 @@ def test_result_backend_bench_runs(redis_url: str) -> None:
         for mode in ("sequential", f"{report['concurrency']} in flight")
     }
     assert all(r["ours_per_s"] > 0 and r["baseline_per_s"] > 0 for r in rows)
+
+
+def test_e2e_bench_runs() -> None:
+    if shutil.which("redis-server") is None:  # e2e.py reads INFO of a server of its own
+        redis_url_or_skip("no redis-server on PATH (scripts/bench/e2e.py starts its own)")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "e2e.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)["rows"]}
+    assert set(rows) >= {
+        "bare",
+        "both, misses",
+        "both + SRB, misses",
+        "both, hits",
+        "cpu 1ms bare",
+        "cpu 1ms both, misses",
+    }
+    for row in rows.values():
+        assert row["tasks_per_s"] > 0
+        assert row["ratio"] > 0
+        assert row["commands_per_task"] > 0
+        assert row["round_trips_per_task"] > 0
+    # A no-op task costs the bare stack its LPUSH, BRPOP and result SET.
+    assert rows["bare"]["commands_per_task"] == pytest.approx(3, abs=0.1)
+    assert rows["both, hits"]["cache_round_trips_per_task"] > 0

@@ -2,7 +2,9 @@
 
 Measures:
 1. hit throughput: ``RedisCacheAdapter.get`` / ``get_or_create`` on a fresh key vs a raw
-   ``redis.asyncio`` ``GET`` + ``msgspec.msgpack.decode`` of the very same bytes;
+   ``redis.asyncio`` ``GET`` + ``msgspec.msgpack.decode`` of the very same bytes, one
+   caller at a time (also with the connection's coalescing off), and 50 callers at once
+   (``x50`` rows, against 50 raw callers: the connection coalesces their ``GET``s);
 2. Redis commands per hit, from ``INFO commandstats``;
 3. a stampede: N concurrent ``get_or_create`` on one cold key from 1, 2 and 4 OS processes,
    the creator sleeping 200 ms; creator executions (counted with ``INCR``) and wall time;
@@ -39,6 +41,7 @@ VALUE = {
     "scores": [i / 7 for i in range(40)],
 }
 BYTES_VALUE = msgspec.msgpack.encode(VALUE)  # what CacheMiddleware stores: pre-encoded bytes
+CONCURRENT = 50
 
 
 # -- hit path ----------------------------------------------------------------------------------
@@ -58,6 +61,8 @@ async def bench_hits(url: str, n: int, rounds: int) -> dict[str, Any]:
     raw = aioredis.Redis.from_url(url)
     cache = RedisCacheAdapter(url, key_prefix="bench_cache:")
     shared = RedisCacheAdapter(client=raw, key_prefix="bench_cache:")
+    alone = RedisCacheAdapter(url, key_prefix="bench_cache:")
+    alone.connection.coalesce = False
     rows: dict[str, Any] = {}
     try:
         for label, value in (("dict ~1 KB", VALUE), ("bytes ~1 KB", BYTES_VALUE)):
@@ -80,21 +85,44 @@ async def bench_hits(url: str, n: int, rounds: int) -> dict[str, Any]:
             async def shared_goc() -> Any:
                 return await shared.get_or_create("hot", _never, 3600)
 
+            async def alone_get() -> Any:
+                return await alone.get("hot")
+
+            def together(op: Any) -> Any:
+                async def run() -> None:
+                    await asyncio.gather(*(op() for _ in range(CONCURRENT)))
+
+                return run
+
+            x = f"x{CONCURRENT} "
             ops = {
                 "raw GET+decode": raw_get,
                 "adapter.get": adapter_get,
                 "adapter.get_or_create": adapter_goc,
                 "get_or_create, client=raw": shared_goc,
+                "adapter.get, coalesce=False": alone_get,
+                # 50 callers at once: the connection coalesces their GETs into one pipeline.
+                x + "raw GET+decode": together(raw_get),
+                x + "adapter.get": together(adapter_get),
+                x + "adapter.get, coalesce=False": together(alone_get),
             }
             for op in ops.values():  # warm connections and scripts
                 await _time_loop(op, 200)
             samples: dict[str, list[float]] = {name: [] for name in ops}
             ratios: dict[str, list[float]] = {name: [] for name in ops}
             for _ in range(rounds):
-                rates = {name: await _time_loop(op, n) for name, op in ops.items()}
+                rates = {
+                    name: (
+                        await _time_loop(op, n // CONCURRENT) * CONCURRENT
+                        if name.startswith(x)
+                        else await _time_loop(op, n)
+                    )
+                    for name, op in ops.items()
+                }
                 for name, rate in rates.items():
                     samples[name].append(rate)
-                    ratios[name].append(rate / rates["raw GET+decode"])
+                    base = x + "raw GET+decode" if name.startswith(x) else "raw GET+decode"
+                    ratios[name].append(rate / rates[base])
             rows[label] = {
                 name: {
                     "ops_per_s": round(statistics.median(samples[name])),
@@ -118,6 +146,7 @@ async def bench_hits(url: str, n: int, rounds: int) -> dict[str, Any]:
     finally:
         await cache.close()
         await shared.close()
+        await alone.close()
         await raw.aclose()
     return rows
 
@@ -266,10 +295,10 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"Hit path: sequential awaits, {repeats} interleaved rounds of {n} ops; medians")
-    print(f"{'value':<13} {'operation':<28} {'ops/s':>9} {'vs raw':>7}")
+    print(f"{'value':<13} {'operation':<32} {'ops/s':>9} {'vs raw':>7}")
     for label, ops in report["hits"].items():
         for name, row in ops.items():
-            print(f"{label:<13} {name:<28} {row['ops_per_s']:>9} {row['ratio_vs_raw']:>7.3f}")
+            print(f"{label:<13} {name:<32} {row['ops_per_s']:>9} {row['ratio_vs_raw']:>7.3f}")
     print(
         f"\nRedis commands per fresh hit: {report['commands_per_hit']:.3f} "
         f"{report['commands_seen']}"

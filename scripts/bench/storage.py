@@ -4,7 +4,12 @@
 
 Rows (speed ratio = baseline time / measured time, so > 1 means faster than baseline):
 
-* redis  set / get         adapter vs raw redis-py ``SET PX`` / ``GET`` of the same bytes
+* redis  set / get         adapter vs raw redis-py ``SET PX`` / ``GET`` of the same bytes, one
+                           caller at a time (a lone caller: coalescing must cost it nothing);
+                           the same with ``coalesce=False`` for reference
+* redis  set / get x50     50 concurrent callers (``asyncio.gather``): the adapter, whose
+                           connection coalesces them into one pipeline, vs raw redis-py (50
+                           connections) and vs the adapter with ``coalesce=False``
 * redis  set_many / get_many (100 keys)   vs the adapter's own per-key loop; raw pipeline shown
 * sqlite set / get         adapter vs raw aiosqlite upsert + commit / select, same file
 * sqlite set_many / get_many (1,000 keys) vs the adapter's own per-key loop
@@ -126,8 +131,12 @@ def row(backend: str, op: str, measured: str, baseline: str, times: tuple[float,
     return Row(backend, op, measured, baseline, round(m, 2), round(b, 2), ratio, threshold)
 
 
+CONCURRENT = 50
+
+
 async def bench_redis(url: str, n: int, rounds: int) -> list[Row]:
     adapter = RedisStorageAdapter(url, key_prefix="bench:")
+    alone = RedisStorageAdapter(url, key_prefix="bench:", coalesce=False)
     raw = aioredis.Redis.from_url(url)
     try:
         keys = [f"k{i}" for i in range(n)]
@@ -153,11 +162,45 @@ async def bench_redis(url: str, n: int, rounds: int) -> list[Row]:
             for key in keys:
                 await raw.get("bench:" + key)
 
+        async def o_set() -> None:
+            for key in keys:
+                await alone.set(key, RECORD, ttl_seconds=TTL)
+
+        async def o_get() -> None:
+            for key in keys:
+                await alone.get(key)
+
+        def concurrently(op: Callable[[str], Awaitable[Any]]) -> Round:
+            async def run() -> None:
+                for start in range(0, n, CONCURRENT):
+                    await asyncio.gather(*(op(key) for key in keys[start : start + CONCURRENT]))
+
+            return run
+
+        c_set = concurrently(lambda key: adapter.set(key, RECORD, ttl_seconds=TTL))
+        c_set_raw = concurrently(lambda key: raw.set("bench:" + key, blob, px=TTL * 1000))
+        c_set_off = concurrently(lambda key: alone.set(key, RECORD, ttl_seconds=TTL))
+        c_get = concurrently(adapter.get)
+        c_get_raw = concurrently(lambda key: raw.get("bench:" + key))
+        c_get_off = concurrently(alone.get)
+        x = f"x{CONCURRENT}"
         rows = [
             row("redis", "set", "adapter.set", "raw SET PX",
                 await compare(rounds, a_set, r_set, n), 0.85),
             row("redis", "get", "adapter.get", "raw GET",
                 await compare(rounds, a_get, r_get, n), 0.85),
+            row("redis", "set", "coalesce=False", "raw SET PX",
+                await compare(rounds, o_set, r_set, n), None),
+            row("redis", "get", "coalesce=False", "raw GET",
+                await compare(rounds, o_get, r_get, n), None),
+            row("redis", f"set {x}", "adapter.set", "raw SET PX",
+                await compare(rounds, c_set, c_set_raw, n), None),
+            row("redis", f"get {x}", "adapter.get", "raw GET",
+                await compare(rounds, c_get, c_get_raw, n), None),
+            row("redis", f"set {x}", "adapter.set", "coalesce=False",
+                await compare(rounds, c_set, c_set_off, n), None),
+            row("redis", f"get {x}", "adapter.get", "coalesce=False",
+                await compare(rounds, c_get, c_get_off, n), None),
         ]  # fmt: skip
         batch = {f"b{i}": RECORD for i in range(100)}
 
@@ -180,6 +223,7 @@ async def bench_redis(url: str, n: int, rounds: int) -> list[Row]:
         return rows
     finally:
         await adapter.close()
+        await alone.close()
         await raw.aclose()
 
 

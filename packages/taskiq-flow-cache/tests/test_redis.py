@@ -182,6 +182,30 @@ async def test_constructor_rejects_bad_options(redis_url: str, client: aioredis.
         await decoding.aclose()
 
 
+async def test_a_key_prefix_utf8_cannot_hold_is_refused_up_front(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    # Every Redis key is the prefix plus a checked key: a lone surrogate in the prefix
+    # used to let a bare UnicodeEncodeError out of get, get_or_create and clear.
+    for bad in ("p\udc80:", "\ud800"):
+        with pytest.raises(CacheValueError, match="key_prefix") as info:
+            RedisCacheAdapter(redis_url, key_prefix=bad)
+        assert isinstance(info.value.__cause__, UnicodeEncodeError)
+        with pytest.raises(CacheValueError, match="key_prefix"):
+            RedisCacheAdapter(client=client, key_prefix=bad)
+    # Any prefix UTF-8 can hold works end to end.
+    cache = RedisCacheAdapter(redis_url, key_prefix="café☕:")
+    try:
+        await cache.set("k", 1)
+        assert await cache.get("k") == 1
+        assert await cache.get_or_create("other", lambda: 2) == 2
+        assert await client.exists("café☕:v:k".encode())
+        await cache.clear()
+        assert await cache.get("k") is None
+    finally:
+        await cache.close()
+
+
 async def test_repr_hides_the_password() -> None:
     cache = RedisCacheAdapter("redis://user:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in repr(cache)

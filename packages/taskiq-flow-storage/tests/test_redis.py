@@ -142,6 +142,23 @@ def test_neither_or_both_url_and_client() -> None:
         RedisStorageAdapter("redis://localhost", key_prefix=b"x")  # type: ignore[arg-type]
 
 
+async def test_a_key_prefix_utf8_cannot_hold_is_a_config_error(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    # It used to be a bare UnicodeEncodeError from the constructor.
+    for bad in ("p\udc80:", "\ud800"):
+        with pytest.raises(StorageConfigError, match="key_prefix") as info:
+            RedisStorageAdapter(redis_url, key_prefix=bad)
+        assert isinstance(info.value.__cause__, UnicodeEncodeError)
+    # Any prefix UTF-8 can hold works, the empty one (no namespace) included.
+    for prefix in ("café☕:", ""):
+        async with RedisStorageAdapter(redis_url, key_prefix=prefix) as storage:
+            await storage.set("prefix-test", prefix)
+            assert await raw.exists(f"{prefix}prefix-test".encode())
+            assert await storage.keys("prefix-test*") == ["prefix-test"]
+            assert await storage.delete("prefix-test")
+
+
 async def test_unreachable_server_fails_promptly_without_the_password() -> None:
     port = free_port()
     storage = RedisStorageAdapter(f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -224,3 +225,61 @@ def test_an_unclosed_adapter_does_not_keep_the_process_alive(tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "exiting"
+
+
+@pytest.mark.parametrize("operation", ["set_many", "delete_many"])
+async def test_a_cancelled_batch_leaves_no_transaction_open(tmp_path: Path, operation: str) -> None:
+    # Cancelling the await of a statement does not stop it: it still runs on aiosqlite's
+    # thread. A BEGIN whose await was cancelled used to leave its transaction open, so
+    # every later write of the adapter went into it, unseen by others and never
+    # committed, and the next batch failed ("cannot start a transaction within a
+    # transaction").
+    path = tmp_path / "store.sqlite3"
+    storage = SQLiteStorageAdapter(path)
+    other = SQLiteStorageAdapter(path)
+    items = {f"k{i:03d}": i for i in range(200)}
+
+    def batch() -> asyncio.Task[object]:
+        if operation == "set_many":
+            return asyncio.create_task(storage.set_many(items))
+        return asyncio.create_task(storage.delete_many(list(items)))
+
+    async def assert_usable(round_: int) -> None:
+        await storage.set("single", round_)
+        assert await other.get("single") == round_
+        await storage.set_many({"batch": round_, "k000": round_})
+        assert await other.get_many(["batch", "k000"]) == {"batch": round_, "k000": round_}
+        assert await storage.delete_many(["k000"]) == 1
+        assert await other.get("k000") is None
+
+    try:
+        await storage.set_many(items)
+        # Cancelled while BEGIN IMMEDIATE waits for another connection's write lock.
+        blocker = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await blocker.execute("BEGIN IMMEDIATE")
+            task = batch()
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            task.cancel()
+            # The caller is released at once, not after the busy timeout: the rollback
+            # waits for the BEGIN in the background, the adapter's lock held meanwhile.
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
+            await blocker.execute("ROLLBACK")
+        finally:
+            await blocker.close()
+        await assert_usable(-1)
+        # Cancelled at whatever await each number of loop turns reaches: BEGIN, the
+        # statements, COMMIT, or after the batch already finished.
+        for turns in range(16):
+            task = batch()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await assert_usable(turns)
+    finally:
+        await other.close()
+        await storage.close()

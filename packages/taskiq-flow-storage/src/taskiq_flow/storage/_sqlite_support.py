@@ -28,6 +28,7 @@ __all__ = [
     "live_at",
     "open_connection",
     "rollback",
+    "rollback_then_release",
 ]
 
 BUSY_TIMEOUT_MS = 10_000
@@ -97,10 +98,35 @@ async def _reap(conn: aiosqlite.Connection) -> None:
 
 async def rollback(conn: aiosqlite.Connection) -> None:
     """Roll back the open transaction, if any, keeping the original exception."""
-    # The failure (or cancellation) may have come after COMMIT already ran; a rollback
-    # with no transaction open must not replace the original exception.
+    # The failure (or cancellation) may have come before BEGIN took effect or after
+    # COMMIT already ran; a rollback with no transaction open must not replace the
+    # original exception. aiosqlite queues the ROLLBACK on the connection's thread before
+    # this coroutine first suspends, so it runs even if this await is cancelled in turn.
     with contextlib.suppress(sqlite3.Error):
         await conn.execute("ROLLBACK")
+
+
+_ROLLBACKS: set[asyncio.Task[None]] = set()  # strong references until each is done
+
+
+def rollback_then_release(conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
+    """Roll back in the background, then release ``lock`` (held by the caller until then).
+
+    For a transaction whose caller was cancelled: the ROLLBACK may have to wait behind a
+    BEGIN still waiting for another connection's write lock (up to the busy timeout), and
+    the cancelled caller must not wait with it. Holding ``lock`` until the rollback is
+    done keeps every later statement of the adapter out of the abandoned transaction.
+    """
+
+    async def run() -> None:
+        try:
+            await rollback(conn)
+        finally:
+            lock.release()
+
+    task = asyncio.get_running_loop().create_task(run())
+    _ROLLBACKS.add(task)
+    task.add_done_callback(_ROLLBACKS.discard)
 
 
 class MapErrors:

@@ -71,6 +71,10 @@ def _config_error(value: object, reason: str) -> Exception:
     return StorageConfigError(reason)
 
 
+def _prefix_error(value: object, reason: str) -> Exception:
+    return StorageConfigError(f"key_prefix {value!r} cannot prefix keys: {reason}")
+
+
 def _connection_error(operation: str, detail: str) -> Exception:
     return StorageConnectionError(f"Redis {operation} failed: {detail}")
 
@@ -107,11 +111,15 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             backoff (URL only); small, so that a down server is reported promptly.
         max_connections: Commands the adapter has in flight at most; more concurrent
             calls wait for a free slot.
+        coalesce: Send the ``set``/``get``/``exists``/``delete`` commands that concurrent
+            tasks issue in the same event-loop turn as one pipeline (one round trip), each
+            caller still getting its own reply or error; ``add`` and scripts always go
+            alone. See :mod:`taskiq_flow.storage.kit.coalesce`.
 
     Raises:
         InvalidStorageURLError: the URL cannot be parsed (the message hides any password).
         StorageConfigError: neither or both of ``redis_url`` and ``client``, a client
-            that decodes responses, or a bad option.
+            that decodes responses, a ``key_prefix`` UTF-8 cannot hold, or a bad option.
     """
 
     expires_natively: ClassVar[bool] = True
@@ -127,11 +135,14 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
         socket_timeout: float = 5.0,
         retries: int = 2,
         max_connections: int = 64,
+        coalesce: bool = True,
     ) -> None:
         super().__init__(ttl_seconds)
         if not isinstance(key_prefix, str):
             msg = f"key_prefix must be a str, got {type(key_prefix).__name__}"
             raise StorageConfigError(msg)
+        if key_prefix:  # "" is a valid prefix (none); otherwise the key rules hold
+            check_key(key_prefix, _prefix_error)
         self.key_prefix = key_prefix
         self._match_prefix = escape_glob(key_prefix)
         self._prefix_len = len(key_prefix.encode("utf-8"))
@@ -143,6 +154,7 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             socket_timeout=socket_timeout,
             retries=retries,
             max_connections=max_connections,
+            coalesce=coalesce,
         )
         self._commands = self._redis.commands
         errors = self._redis.errors

@@ -10,6 +10,7 @@ index range on the pattern's literal prefix), never spliced into SQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -24,6 +25,7 @@ from taskiq_flow.storage._sqlite_support import (
     live_at,
     open_connection,
     rollback,
+    rollback_then_release,
 )
 from taskiq_flow.storage.base import BaseStorageAdapter, RawEntry
 from taskiq_flow.storage.codec import decode, encode
@@ -227,20 +229,34 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         # In the order asked for, as the other backends answer.
         return {key: stored[key] for key in wanted if key in stored}
 
-    async def _transaction(
-        self, operation: str, sql: str, rows: list[tuple[Any, ...]]
-    ) -> aiosqlite.Cursor:
-        conn = self._conn or await self._connect()
-        with MapErrors(operation):
-            # IMMEDIATE takes the write lock up front, so busy_timeout applies to it.
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = await conn.executemany(sql, rows)
-                await conn.execute("COMMIT")
-            except BaseException:
-                await rollback(conn)
-                raise
-        return cursor
+    @contextlib.asynccontextmanager
+    async def _transaction(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, with the lock held.
+
+        Every exception rolls back, cancellation included: BEGIN is inside the ``try``
+        because cancelling an await does not stop its statement (aiosqlite's thread still
+        runs it, e.g. once another connection's write lock is released).
+        """
+        await self._lock.acquire()
+        release = True
+        try:
+            with MapErrors(operation):
+                conn = self._conn or await self._connect()
+                try:
+                    # IMMEDIATE takes the write lock up front, so busy_timeout applies.
+                    await conn.execute("BEGIN IMMEDIATE")
+                    yield conn
+                    await conn.execute("COMMIT")
+                except asyncio.CancelledError:
+                    release = False  # released once the rollback is done
+                    rollback_then_release(conn, self._lock)
+                    raise
+                except BaseException:
+                    await rollback(conn)
+                    raise
+        finally:
+            if release:
+                self._lock.release()
 
     async def set_many(self, items: Mapping[str, Any], ttl_seconds: int | None = None) -> None:
         """Store every item in one transaction; nothing is written if one value fails."""
@@ -248,38 +264,28 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         blobs = [(check_key(key), encode(key, value)) for key, value in items.items()]
         if not blobs:
             return
-        async with self._lock:
+        async with self._transaction("set_many") as conn:
             now = time.time()
             expires = None if ttl is None else now + ttl
-            await self._transaction(
-                "set_many", _UPSERT, [(key, blob, now, expires) for key, blob in blobs]
-            )
+            await conn.executemany(_UPSERT, [(key, blob, now, expires) for key, blob in blobs])
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Remove ``keys`` in one transaction; how many live entries were removed."""
         wanted = list(dict.fromkeys(check_keys(keys)))
         if not wanted:
             return 0
-        async with self._lock:
-            conn = self._conn or await self._connect()
+        removed = 0
+        async with self._transaction("delete_many") as conn:
             now = time.time()
-            removed = 0
-            with MapErrors("delete_many"):
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for start in range(0, len(wanted), _CHUNK):
-                        chunk = wanted[start : start + _CHUNK]
-                        sql = (
-                            "DELETE FROM taskiq_flow_storage WHERE key IN ("  # noqa: S608 - placeholders only
-                            + ", ".join("?" * len(chunk))
-                            + ") RETURNING expires_at"
-                        )
-                        rows = await conn.execute_fetchall(sql, chunk)
-                        removed += sum(1 for (exp,) in rows if live_at(exp, now))
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    await rollback(conn)
-                    raise
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                sql = (
+                    "DELETE FROM taskiq_flow_storage WHERE key IN ("  # noqa: S608 - placeholders only
+                    + ", ".join("?" * len(chunk))
+                    + ") RETURNING expires_at"
+                )
+                rows = await conn.execute_fetchall(sql, chunk)
+                removed += sum(1 for (exp,) in rows if live_at(exp, now))
         return removed
 
     async def cleanup(self, ttl_seconds: int | None = None) -> int:

@@ -9,9 +9,12 @@ so a rule is written once and means the same everywhere:
   password redaction;
 - :mod:`~taskiq_flow.storage.kit.memory` — :class:`TTLStore`, the in-process TTL/LRU
   store under both in-memory adapters;
+- :mod:`~taskiq_flow.storage.kit.coalesce` — :class:`Coalescer`: the commands concurrent
+  callers issue in one event-loop turn leave as one batch, each caller awaiting its own
+  reply or error (auto-pipelining, as ioredis and Lettuce do);
 - :mod:`~taskiq_flow.storage.kit.redis` — :class:`RedisConnection`: URL or client to a
-  bounded client with one retry policy and one error-mapping boundary (needs the
-  ``redis`` extra; import it from its module, it is not loaded here);
+  bounded, coalescing client with one retry policy and one error-mapping boundary
+  (needs the ``redis`` extra; import it from its module, it is not loaded here);
 - :func:`taskiq_flow.storage.glob.escape_glob` / ``compile_glob`` — Redis glob rules.
 
 Everything here is public and documented, and changes only with a minor version.
@@ -27,6 +30,7 @@ from taskiq_flow.storage.kit.checks import (
     check_timestamp,
     check_ttl,
 )
+from taskiq_flow.storage.kit.coalesce import Coalescer, Command
 from taskiq_flow.storage.kit.memory import Item, TTLStore
 from taskiq_flow.storage.kit.urls import (
     REDIS_URL_FORMS,
@@ -39,6 +43,8 @@ from taskiq_flow.storage.kit.urls import (
 __all__ = [
     "REDIS_URL_FORMS",
     "SQLITE_PATH_FORMS",
+    "Coalescer",
+    "Command",
     "ErrorFactory",
     "Item",
     "TTLStore",
