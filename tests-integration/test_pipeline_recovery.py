@@ -3,8 +3,9 @@
 Two workers run ``pipeline_app/diamond_app.py`` over a taskiq-redis ListQueueBroker
 (which acknowledges on receipt: a killed worker's in-flight messages are gone) with
 the run state in a RedisStorageAdapter on the test's private server. The test
-process is the producer; its ``wait_result`` watches each run and re-sends what
-lapsed. Executions are counted with Redis INCR inside the workers.
+process is the producer (not a worker: it runs no sweeper); runs are re-driven by its
+``wait_result`` or, when nobody waits, by the workers' sweepers. Executions are
+counted with Redis INCR inside the workers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from taskiq_flow.middlewares import PipelineCancelledError
+from taskiq_flow.middlewares import PipelineCancelledError, PipelineMiddleware
 from taskiq_flow_testing import WorkerProcess
 
 APP_DIR = Path(__file__).parent / "pipeline_app"
@@ -118,9 +119,53 @@ async def test_sigkill_between_claim_and_send(cluster, diamond_app) -> None:
         assert await c.count(node_count.format(pipeline_id=pid, node="right")) == 1
         assert await c.count(diamond_app.MERGE_COUNT.format(pipeline_id=pid)) == 1
         status = await run.status()
-        assert status.node("left").attempts == 2  # re-driven once, by the waiting producer
+        # Re-driven once: by the waiting producer or a worker's sweeper, whichever first.
+        assert status.node("left").attempts == 2
         assert status.node("right").attempts == 2  # claimed by the dead worker too
         assert status.node("merge").attempts == 1
+
+
+def pipeline_middleware(app) -> PipelineMiddleware:
+    return next(m for m in app.broker.middlewares if isinstance(m, PipelineMiddleware))
+
+
+async def test_sigkill_between_claim_and_send_with_nobody_waiting(cluster, diamond_app) -> None:
+    # As above, but nobody calls wait_result: the producer only reads the run's state.
+    # It is no worker, so it runs no sweeper; the worker that dies holds the claims of
+    # left and right, and no step is left running that could advance the run. Only a
+    # live (or restarted) worker's sweeper can re-drive it.
+    c = cluster(TASKIQ_FLOW_IT_KILL_AT_SEND="left")
+    c.start_worker()
+    c.start_worker()
+    await c.producer.broker.startup()
+    producer = pipeline_middleware(c.producer)
+    assert not producer.broker.is_worker_process
+    assert not producer._sweeper.running
+    for n in range(2):
+        pid = f"unwatched-{n}"
+        await c.producer.pipeline.kiq(n=n, pipeline_id=pid)
+        run = await c.producer.pipeline.run(pid)
+        deadline = time.monotonic() + 20
+        while (status := await run.status()).state == "running":
+            assert time.monotonic() < deadline, status.to_dict()
+            await asyncio.sleep(0.1)
+        assert status.state == "done"
+        assert await c.producer.storage.get(f"pipeline:{pid}:data:merged") == 3 * n + 1
+        killer = await c.client.get(diamond_app.KILLED.format(pipeline_id=pid))
+        assert killer is not None  # a worker really died at the claim->send point
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(killer), 0)
+        node_count = diamond_app.NODE_COUNT
+        assert await c.count(node_count.format(pipeline_id=pid, node="left")) == 1
+        assert await c.count(node_count.format(pipeline_id=pid, node="right")) == 1
+        assert await c.count(diamond_app.MERGE_COUNT.format(pipeline_id=pid)) == 1
+        assert status.node("left").attempts == 2
+        assert status.node("right").attempts == 2
+        assert status.node("merge").attempts == 1
+        assert not await c.producer.storage.exists(f"pipeline-active:{pid}")
+    stats = producer.get_stats()
+    assert stats["steps_redriven"] == stats["sweeps"] == 0  # the workers did it all
+    assert "Traceback" not in c.logs()
 
 
 async def test_chaos_fifty_diamonds_while_a_worker_keeps_dying(cluster, diamond_app) -> None:

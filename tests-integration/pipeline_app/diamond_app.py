@@ -15,7 +15,9 @@ The recovery suite (``test_pipeline_recovery.py``) also reads
 ``TASKIQ_FLOW_IT_LEASE`` (the run lease, seconds), ``TASKIQ_FLOW_IT_STEP_DELAY`` (each
 diamond step sleeps that long) and ``TASKIQ_FLOW_IT_KILL_AT_SEND`` (a node name: the
 first worker about to send that node, after winning its claim, SIGKILLs itself - the
-claim->send window, once per run, settled by ``SET NX`` in Redis), and has two more
+claim->send window, once per run, settled by ``SET NX`` in Redis) and
+``TASKIQ_FLOW_IT_SWEEP`` (the workers' ``sweep_interval``: seconds, ``none``, or
+``auto``, the default: half the lease), and has two more
 pipelines: a 10-step ``chain`` (step 4 waits for a Redis gate key) and ``fan_out``
 (``square`` mapped over a list, executions counted per worker process).
 """
@@ -26,7 +28,7 @@ import asyncio
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
@@ -119,6 +121,7 @@ def build(
     lease: float = 60.0,
     step_delay: float = 0.0,
     kill_at: str | None = None,
+    sweep: float | Literal["auto"] | None = "auto",
 ) -> App:
     """The broker (worker or producer side), its middlewares and the pipelines."""
     broker = ListQueueBroker(redis_url, queue_name=queue).with_result_backend(
@@ -131,7 +134,7 @@ def build(
     storage = RedisStorageAdapter(client=client)
     broker.add_middlewares(
         StorageMiddleware(storage=storage),
-        RacePipelineMiddleware(client, delay, kill_at, lease_seconds=lease),
+        RacePipelineMiddleware(client, delay, kill_at, lease_seconds=lease, sweep_interval=sweep),
     )
 
     async def ran(context: Context, node: str) -> None:
@@ -218,4 +221,11 @@ def create_broker() -> AsyncBroker:
         lease=float(os.environ.get("TASKIQ_FLOW_IT_LEASE", "60")),
         step_delay=float(os.environ.get("TASKIQ_FLOW_IT_STEP_DELAY", "0")),
         kill_at=os.environ.get("TASKIQ_FLOW_IT_KILL_AT_SEND") or None,
+        sweep=_sweep(os.environ.get("TASKIQ_FLOW_IT_SWEEP", "auto")),
     ).broker
+
+
+def _sweep(value: str) -> float | Literal["auto"] | None:
+    if value == "auto":
+        return "auto"
+    return None if value == "none" else float(value)

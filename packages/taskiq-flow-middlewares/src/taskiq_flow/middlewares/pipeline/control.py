@@ -3,8 +3,9 @@
 ``PipelineControl`` holds the storage, the counters and the spec cache, and every
 operation on a whole run; ``PipelineMiddleware`` (``middleware.py``) adds the taskiq
 hooks and the sending. ``watch`` is what keeps a run from getting stuck: it claims
-what is ready and re-drives what lapsed (``lease.py``); ``DataflowRun.wait_result``
-calls it while it waits, and ``resume`` calls it with ``force``.
+what is ready and re-drives what lapsed (``lease.py``); every worker's sweeper
+(``sweeper.py``) calls it on every running run, ``DataflowRun.wait_result`` on the run
+it waits for, and ``resume`` re-drives with ``force``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from taskiq_flow.middlewares.pipeline.state import (
     advance,
     failure_record,
     read_run_state,
+)
+from taskiq_flow.middlewares.pipeline.sweeper import (
+    RunSweeper,
+    SweepInterval,
+    resolve_sweep_interval,
 )
 from taskiq_flow.middlewares.storage import (
     StorageMiddleware,
@@ -70,6 +76,8 @@ _COUNTERS = (
     "runs_done",
     "runs_cancelled",
     "runs_resumed",
+    "sweeps",
+    "runs_swept",
     "errors",
 )
 
@@ -116,11 +124,14 @@ class PipelineControl(TaskiqMiddleware):
         spec_cache_size: int = 1024,
         lease_seconds: float = 60.0,
         max_attempts: int = 5,
+        sweep_interval: SweepInterval = "auto",
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
         check_number("spec_cache_size", spec_cache_size)
         _check_lease(lease_seconds, max_attempts)
+        self.sweep_interval = resolve_sweep_interval(sweep_interval, float(lease_seconds))
+        self._sweeper = RunSweeper(self, self.sweep_interval)
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = float(lease_seconds)
         self.max_attempts = int(max_attempts)
@@ -159,9 +170,14 @@ class PipelineControl(TaskiqMiddleware):
         lost to a concurrent advancer (a race settled by ``add``); ``claims_taken``:
         nodes a finished step feeds that it found ready but already claimed (a duplicate
         trigger avoided); ``runs_started`` / ``runs_done`` / ``runs_cancelled`` /
-        ``runs_resumed``; ``errors``: problems logged instead of raised.
+        ``runs_resumed``; ``sweeps`` / ``runs_swept``: sweeper passes and the running
+        runs they watched; ``errors``: problems logged instead of raised.
         """
         return dict(self._counters)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (see :meth:`get_stats`)."""
+        self._counters[name] += n
 
     async def _dispatch(self, steps: Iterable[ClaimedStep], *, nested: bool) -> None:
         """Send claimed steps (``PipelineMiddleware`` implements it)."""
@@ -198,14 +214,14 @@ class PipelineControl(TaskiqMiddleware):
         keys = RunKeys(spec.pipeline_id)
         if not await storage.add(keys.spec, spec, spec.ttl_seconds):
             return False
+        items = {keys.data(name): value for name, value in inputs.items()}
         try:
-            if inputs:
-                await storage.set_many(
-                    {keys.data(name): value for name, value in inputs.items()},
-                    spec.ttl_seconds,
-                )
+            # With the inputs: the run's entry in the index of running runs (the sweeper).
+            await storage.set_many(
+                {**items, keys.active: {"at": spec.created_at}}, spec.ttl_seconds
+            )
         except StorageError:
-            await storage.delete(keys.spec)
+            await storage.delete_many([keys.spec, keys.active])
             raise
         self._remember(spec)
         self._counters["runs_started"] += 1
@@ -236,6 +252,8 @@ class PipelineControl(TaskiqMiddleware):
         keys = RunKeys(pipeline_id)
         won = await self.storage.add(keys.cancelled, {"at": time.time()}, spec.ttl_seconds)
         self._counters["runs_cancelled"] += int(won)
+        if won:
+            await self.unindex(spec)
         return won
 
     async def resume(self, pipeline_id: str) -> RunSpec:
@@ -255,6 +273,7 @@ class PipelineControl(TaskiqMiddleware):
             raise PipelineRunStateError(pipeline_id=pipeline_id, action="resume", state=state)
         keys = RunKeys(pipeline_id)
         await self.storage.delete_many([keys.failed, keys.cancelled])
+        await self.storage.set(keys.active, {"at": time.time()}, spec.ttl_seconds)
         self._counters["runs_resumed"] += 1
         # Lapsed first: the claims advance is about to take are fresh, not lapsed.
         await self._redrive(spec, await find_lapsed(self.storage, spec, force=True))
@@ -296,6 +315,8 @@ class PipelineControl(TaskiqMiddleware):
                 self._count(outcome)
                 # Claims won before an error must be sent whatever happens next.
                 await self._dispatch(outcome.steps, nested=nested)
+                if outcome.marked_done:
+                    await self.unindex(spec, final=True)
                 error = outcome.error
                 if error is None:
                     return
@@ -320,7 +341,26 @@ class PipelineControl(TaskiqMiddleware):
         self._counters["steps_failed"] += 1
         record = failure_record(node, error_type, message, element)
         key = RunKeys(spec.pipeline_id).failed
-        await retrying("record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds))
+        if await retrying(
+            "record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds)
+        ):
+            await self.unindex(spec)
+
+    async def unindex(self, spec: RunSpec, *, final: bool = False) -> None:
+        """Drop a run that ended from the index of running runs (best effort).
+
+        Unless the end is ``final`` (done), the state is read again afterwards: a
+        ``resume`` that cleared the failure (or cancel) meanwhile and re-indexed the run
+        before this delete gets its entry back. A failed delete only costs the sweeper
+        one more look at the run, which drops it then.
+        """
+        keys = RunKeys(spec.pipeline_id)
+        try:
+            await self.storage.delete(keys.active)
+            if not final and await self.run_state(spec) == "running":
+                await self.storage.set(keys.active, {"at": time.time()}, spec.ttl_seconds)
+        except StorageError as exc:
+            logger.debug("pipeline %s: index entry kept (%s)", spec.pipeline_id, exc)
 
     def _count(self, outcome: Advance) -> None:
         self._counters["claims_won"] += outcome.claims_won

@@ -65,7 +65,8 @@ class PipelineMiddleware(PipelineControl):
     Any number of workers may advance one run: each step's worker writes its output,
     then claims and sends whatever became ready; a claim is an atomic ``add``. A step
     claimed, sent or running with no sign of life for ``lease_seconds`` is re-driven
-    by whoever watches the run (``wait_result``, ``resume``), see docs/pipelines.md.
+    by whoever watches the run: every worker's sweeper, ``wait_result``, ``resume``
+    (see docs/pipelines.md).
 
     Args:
         storage: where run state lives. ``None``: the storage of the broker's
@@ -77,10 +78,16 @@ class PipelineMiddleware(PipelineControl):
         lease_seconds: how long a step may show no sign of life (not sent, not started,
             no heartbeat) before it is sent again; runs take it from the producer.
         max_attempts: sends per node before a run whose step keeps vanishing fails.
+        sweep_interval: seconds between two sweeps of the running runs by this
+            process's sweeper (``sweeper.py``), which runs in worker processes
+            (``broker.is_worker_process``) and under ``InMemoryBroker``, from
+            ``startup`` to ``shutdown``. ``"auto"``: half of ``lease_seconds``;
+            ``None`` or ``0``: no sweeper (runs are then re-driven only by a waiting
+            ``wait_result`` or a ``resume``).
 
     Raises:
-        MiddlewareConfigError: a bad ``ttl_seconds``, ``lease_seconds`` or
-            ``max_attempts`` (a ``ValueError``).
+        MiddlewareConfigError: a bad ``ttl_seconds``, ``lease_seconds``,
+            ``max_attempts`` or ``sweep_interval`` (a ``ValueError``).
         MiddlewareConfigTypeError: ``storage`` is not a ``BaseStorageAdapter``, or a
             number is not a number (a ``TypeError``).
     """
@@ -101,6 +108,14 @@ class PipelineMiddleware(PipelineControl):
         """
 
     # -- taskiq hooks --------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the sweeper (in a worker process or under ``InMemoryBroker``)."""
+        self._sweeper.start(self.broker)
+
+    async def shutdown(self) -> None:
+        """Stop the sweeper (it already stopped if the broker ran its shutdown events)."""
+        await self._sweeper.stop()
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Mark a pipeline step as started and keep its heartbeat while it runs."""

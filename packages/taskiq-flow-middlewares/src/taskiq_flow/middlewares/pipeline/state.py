@@ -12,6 +12,10 @@ Everything lives under ``pipeline:{pipeline_id}:`` with the run's TTL:
 - ``cancelled``: the run was cancelled; nothing is claimed after it;
 - ``done``: written once every output is present.
 
+One key lives outside that prefix: ``pipeline-active:{pipeline_id}``, the run's entry in
+the index of running runs (written with the spec, dropped when the run ends; see
+``sweeper.py``). Its own prefix keeps ``pipeline:*`` globs (``pipeline list``) clean.
+
 Each is written with ``add`` (first write wins). ``advance`` reads every ``data:*``,
 ``claim:*`` and ``failed`` in one ``get_many``; a ready node (all its inputs present)
 not yet claimed is claimed with ``add``, and only the winner sends it. Because a
@@ -30,7 +34,18 @@ from typing import Any
 from taskiq_flow.middlewares.pipeline.graph import RunSpec, SpecNode
 from taskiq_flow.storage import BaseStorageAdapter, StorageError
 
-__all__ = ["Advance", "ClaimedStep", "RunKeys", "advance", "failure_record", "read_run_state"]
+__all__ = [
+    "ACTIVE_PREFIX",
+    "Advance",
+    "ClaimedStep",
+    "RunKeys",
+    "advance",
+    "failure_record",
+    "read_run_state",
+]
+
+# Keys of the index of running runs: ``{ACTIVE_PREFIX}{pipeline_id}``.
+ACTIVE_PREFIX = "pipeline-active:"
 
 
 class RunKeys:
@@ -42,6 +57,8 @@ class RunKeys:
         self.failed = self.prefix + "failed"
         self.done = self.prefix + "done"
         self.cancelled = self.prefix + "cancelled"
+        # The run's entry in the index of running runs (outside ``prefix`` on purpose).
+        self.active = ACTIVE_PREFIX + pipeline_id
 
     def data(self, name: str) -> str:
         """Key of the value called ``name`` (an input or an output)."""

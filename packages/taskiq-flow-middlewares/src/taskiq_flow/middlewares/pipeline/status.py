@@ -4,8 +4,8 @@ Node states: ``pending`` (inputs missing, or not claimed yet), ``claimed`` (a pr
 won its claim, the message is not sent yet), ``sent``, ``running`` (a worker started
 it), ``done``, ``failed``, ``cancelled`` (the run was cancelled before it ran).
 ``stalled`` marks a claimed / sent / running node with no sign of life for longer
-than the run's lease: the next ``watch`` (a waiting ``wait_result``) or a ``resume``
-sends it again.
+than the run's lease: the next ``watch`` (a worker's sweeper, a waiting
+``wait_result``) or a ``resume`` sends it again.
 """
 
 from __future__ import annotations
