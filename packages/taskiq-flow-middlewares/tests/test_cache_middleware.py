@@ -12,7 +12,13 @@ import pytest
 from taskiq import Context, InMemoryBroker, TaskiqDepends
 from taskiq.middlewares import SimpleRetryMiddleware
 
-from taskiq_flow.cache import CacheValueError, InMemoryCacheAdapter
+from taskiq_flow.cache import (
+    CacheConnectionError,
+    CacheError,
+    CacheLockTimeout,
+    CacheValueError,
+    InMemoryCacheAdapter,
+)
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.storage import InMemoryStorageAdapter
 
@@ -482,6 +488,55 @@ async def test_waiters_outlasting_max_wait_keep_waiting_instead_of_running() -> 
     assert [r.return_value for r in results] == [1] * 5
     assert runs == 1
     assert middleware.get_stats()["middleware"]["lock_timeouts"] >= 4
+
+
+@pytest.mark.parametrize(
+    "own_error",
+    [
+        CacheLockTimeout("the task's own key", 1.0),
+        CacheValueError("the task's own bad TTL"),
+        CacheConnectionError("get", "the task's own cache is down"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_a_cache_error_raised_by_the_task_itself_is_its_error(
+    stack, caplog, own_error: CacheError
+) -> None:
+    # A task that uses a cache itself may fail with a CacheError of its own. That is the
+    # task's error, not this middleware's cache failing: the caller gets it after one
+    # run, never a re-run (as a lock wait, or "uncached"), nothing counted as our failure.
+    @stack.broker.task
+    async def uses_a_cache(x: int) -> int:
+        stack.runs["t"] += 1
+        raise own_error
+
+    with caplog.at_level(logging.WARNING, logger="taskiq_flow.middlewares"):
+        res = await (await uses_a_cache.kiq(1)).wait_result(timeout=5)
+    assert res.is_err
+    assert type(res.error) is type(own_error)
+    assert str(res.error) == str(own_error)
+    assert stack.runs["t"] == 1
+    counters = stack.cache.get_stats()["middleware"]
+    assert counters["executions"] == 1
+    assert counters["lock_timeouts"] == counters["cache_failures"] == 0
+    assert counters["uncacheable_keys"] == 0
+    assert [r for r in caplog.records if r.name == "taskiq_flow.middlewares"] == []
+
+
+async def test_a_cache_error_raised_by_the_task_is_cached_with_cache_errors(stack) -> None:
+    @stack.broker.task(cache_errors="true")
+    async def uses_a_cache(x: int) -> int:
+        stack.runs["t"] += 1
+        raise CacheLockTimeout("the task's own key", 1.0)
+
+    first = await (await uses_a_cache.kiq(1)).wait_result(timeout=5)
+    assert type(first.error) is CacheLockTimeout
+    assert first.error.key == "the task's own key"
+    second = await (await uses_a_cache.kiq(1)).wait_result(timeout=5)
+    assert second.labels.get("cache_hit") == "true"
+    assert "CacheLockTimeout" in str(second.error)
+    assert stack.runs["t"] == 1
+    assert stack.cache.get_stats()["middleware"]["lock_timeouts"] == 0
 
 
 async def test_absurd_ttl_label_falls_back_to_default(stack, caplog) -> None:

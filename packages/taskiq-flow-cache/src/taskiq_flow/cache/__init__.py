@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from taskiq_flow.cache.base import BaseCacheAdapter
+from taskiq_flow.cache.base import BaseCacheAdapter, CacheLookup
 from taskiq_flow.cache.errors import (
     CacheBackendError,
     CacheConnectionError,
@@ -33,6 +33,7 @@ __all__ = [
     "CacheError",
     "CacheKeyError",
     "CacheLockTimeout",
+    "CacheLookup",
     "CacheSerializationError",
     "CacheValueError",
     "InMemoryCacheAdapter",

@@ -8,20 +8,53 @@ algorithm itself, ``get_or_create``, is written once in :mod:`taskiq_flow.cache.
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from taskiq_flow.cache.codec import decode_entry
+from taskiq_flow.cache.codec import CacheEntry, decode_entry
 from taskiq_flow.cache.errors import CacheKeyError, CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
 from taskiq_flow.cache.stats import CacheStats
 from taskiq_flow.storage.kit.checks import check_key, check_seconds, check_ttl
 from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
-__all__ = ["BaseCacheAdapter", "check_cache_key", "check_cache_seconds", "check_cache_ttl"]
+__all__ = [
+    "BaseCacheAdapter",
+    "CacheLookup",
+    "check_cache_key",
+    "check_cache_seconds",
+    "check_cache_ttl",
+]
 
 _GRANTED = LeaseResult(None, True, None)
+
+
+class CacheLookup(NamedTuple):
+    """What :meth:`BaseCacheAdapter.lookup` found under a key, without creating anything.
+
+    ``state`` is one of:
+
+    - ``"hit"``: a fresh value (``value``);
+    - ``"stale"``: a value past its soft expiry (``value``), still served; with
+      ``token`` set, this caller holds the lease for its one regeneration;
+    - ``"in_flight"``: no value, but a creation is running (``holder``: the lease token
+      to wait for with :meth:`BaseCacheAdapter.wait_for_release`; ``""`` for a creation
+      in this process on a backend without a cross-process lease);
+    - ``"miss"``: nothing, nobody creating it; with ``token`` set, this caller now holds
+      the lease and must hand it to the creator (``get_or_create(lease_token=token)``)
+      or give it back (:meth:`BaseCacheAdapter.release_lease`).
+    """
+
+    state: Literal["hit", "stale", "in_flight", "miss"]
+    value: Any = None
+    token: str | None = None
+    holder: str | None = None
+
+
+_MISS = CacheLookup("miss")
 
 
 def check_cache_key(key: object) -> str:
@@ -149,6 +182,7 @@ class BaseCacheAdapter(AsyncClosing, ABC):
         *,
         stale_ttl: int | None = None,
         fallback_on_error: bool | None = None,
+        lease_token: str | None = None,
     ) -> Coroutine[Any, Any, Any]:
         """Return the cached value of ``key``, running ``creator`` once if there is none.
 
@@ -170,6 +204,9 @@ class BaseCacheAdapter(AsyncClosing, ABC):
                 one, which regenerates it. ``None``: the adapter default (no window).
             fallback_on_error: when the backend is unreachable, call ``creator`` uncached
                 instead of raising (``None``: the adapter default).
+            lease_token: the lease taken for this call by :meth:`lookup` with
+                ``claim=True`` (in another process, say the one that sent the task):
+                while it still holds the lease this call adopts it and creates at once.
 
         Raises:
             CacheLockTimeout: waited ``max_wait`` seconds for another caller's creator.
@@ -196,7 +233,100 @@ class BaseCacheAdapter(AsyncClosing, ABC):
             msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
             raise CacheValueError(msg)
         fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
-        return self._lock.get_or_create(key, creator, ttl, stale, fallback)
+        return self._lock.get_or_create(key, creator, ttl, stale, fallback, lease_token)
+
+    # -- asking without creating (answer at send) -------------------------------------------
+
+    @property
+    def shares_leases(self) -> bool:
+        """Whether the lock's lease holds across processes (so :meth:`lookup` can claim)."""
+        return self._lease_seconds is not None
+
+    async def lookup(  # noqa: PLR0911 - one return per outcome
+        self, key: str, *, claim: bool = False
+    ) -> CacheLookup:
+        """Say what is under ``key`` (see :class:`CacheLookup`) without running anything.
+
+        One backend round trip for a hit, a miss or a creation in flight; a stale entry
+        with ``claim`` costs a second one (the claim of its regeneration). Counts hits
+        and stale hits; a miss is left for the ``get_or_create`` that follows to count.
+
+        Args:
+            key: the cache key.
+            claim: on a miss (or a stale entry) take the lease if nobody holds it, so
+                that identical lookups elsewhere see the call in flight. Only backends
+                with a cross-process lease can claim; others report ``token=None``.
+
+        Raises:
+            CacheConnectionError: the backend is down.
+            CacheKeyError: a bad key.
+        """
+        if type(key) is not str or not key or not key.isascii():
+            check_cache_key(key)
+        if not claim or self._lease_seconds is None:
+            payload = await self._read_raw(key)
+            if payload is not None:
+                entry = decode_entry(key, payload)
+                if entry is not None:
+                    return self._found(entry, None)
+                self._stats.corrupt_entries += 1
+            if self._lock.in_flight(key):
+                return CacheLookup("in_flight", holder="")
+            return _MISS
+        token = secrets.token_hex(16)
+        lease = await self._acquire_lease(key, token, ignore=None)
+        if lease.payload is None:
+            if lease.acquired:
+                return CacheLookup("miss", token=token)
+            return CacheLookup("in_flight", holder=lease.holder)
+        entry = decode_entry(key, lease.payload)
+        if entry is None:
+            # Corrupt bytes: not a value. Whoever runs the call replaces them.
+            self._stats.corrupt_entries += 1
+            return _MISS
+        if entry.soft_expiry is None or time.time() < entry.soft_expiry:
+            return self._found(entry, None)
+        # Stale: claim its one regeneration (unless another caller holds it, or refreshed it).
+        refresh = await self._acquire_lease(key, token, ignore=lease.payload)
+        if refresh.payload is not None:
+            newer = decode_entry(key, refresh.payload)
+            if newer is not None:
+                return self._found(newer, None)
+        return self._found(entry, token if refresh.acquired else None)
+
+    def _found(self, entry: CacheEntry, token: str | None) -> CacheLookup:
+        self._stats.hits += 1
+        if entry.soft_expiry is None or time.time() < entry.soft_expiry:
+            return CacheLookup("hit", entry.value)
+        self._stats.stale_hits += 1
+        return CacheLookup("stale", entry.value, token)
+
+    async def wait_for_release(self, key: str, holder: str, within: float) -> None:
+        """Block until ``holder`` (a :class:`CacheLookup` holder) lets go of ``key``.
+
+        Woken by push where the backend has one (Redis: the holder's release list);
+        returns after at most ``within`` seconds, and at most one poll interval, either
+        way: the caller then asks :meth:`lookup` again (a lapsed lease shows as a miss).
+
+        Raises:
+            CacheConnectionError: the backend is down.
+        """
+        if self._lease_seconds is None:
+            await self._lock.wait_for_flight(key, within)
+            return
+        if within > 0:
+            await self._wait_for_release(key, holder, min(within, self._poll_interval))
+
+    async def release_lease(self, key: str, token: str) -> None:
+        """Give back a lease taken by :meth:`lookup` (compare-and-delete; wakes waiters).
+
+        A no-op when ``token`` no longer holds it.
+
+        Raises:
+            CacheConnectionError: the backend is down.
+        """
+        if self._lease_seconds is not None:
+            await self._commit(key, token, None, None)
 
     def get_stats(self) -> dict[str, Any]:
         """Counters of this adapter in this process.

@@ -70,6 +70,8 @@ class _Request(NamedTuple):
     ttl_seconds: int | None
     stale_ttl: int | None
     fallback_on_error: bool
+    lease_token: str | None = None
+    """A lease taken for this call elsewhere (``lookup(claim=True)``), adopted here."""
 
 
 _new_request = tuple.__new__
@@ -126,15 +128,20 @@ class DogpileLock:
         # unchanged knows no flight here landed a value while the read was suspended.
         self._landed = 0
 
-    async def get_or_create(  # noqa: PLR0912 - hit and miss kept in one frame (hot path)
+    async def get_or_create(  # noqa: PLR0912, PLR0917 - hit and miss in one frame (hot path)
         self,
         key: str,
         creator: Creator,
         ttl_seconds: int | None,
         stale_ttl: int | None,
         fallback_on_error: bool,
+        lease_token: str | None = None,
     ) -> Any:
-        """Return the cached value for ``key``, creating it once if needed (validated args)."""
+        """Return the cached value for ``key``, creating it once if needed (validated args).
+
+        ``lease_token``: a lease already taken for this call (by a producer's
+        ``lookup(claim=True)``); when it still holds the lease, this call adopts it.
+        """
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
         landed = self._landed
         try:
@@ -142,7 +149,9 @@ class DogpileLock:
         except _BACKEND_ERRORS:
             if not fallback_on_error:
                 raise
-            return await self._uncached(_Request(key, creator, ttl_seconds, stale_ttl, True))
+            return await self._uncached(
+                _Request(key, creator, ttl_seconds, stale_ttl, True, lease_token)
+            )
         stats = self._stats
         if payload is not None:
             entry = decode_entry(key, payload)
@@ -152,7 +161,7 @@ class DogpileLock:
                     stats.hits += 1
                     return entry.value
                 return await self._serve_stale(
-                    _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error),
+                    _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token),
                     entry.value,
                     payload,
                     landed,
@@ -162,14 +171,16 @@ class DogpileLock:
         # The miss: an in-process single flight, then the backend's lease (in _fill).
         flights = self._flights
         if key in flights:
-            return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error)
+            return await self._join(
+                key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
+            )
         # Nobody here is filling the key: lead its flight. While it is ours nobody else
         # registers one (they join it), so the entry popped below is always ours.
         flights[key] = _PENDING
         try:
             # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
             request = _new_request(
-                _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error)
+                _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
             )
             lease_seconds = self._backend._lease_seconds
             if lease_seconds is not None:
@@ -198,13 +209,14 @@ class DogpileLock:
 
     # -- miss: joining a flight; the lease ---------------------------------------------
 
-    async def _join(
+    async def _join(  # noqa: PLR0917 - get_or_create's arguments, passed on
         self,
         key: str,
         creator: Creator,
         ttl_seconds: int | None,
         stale_ttl: int | None,
         fallback_on_error: bool,
+        lease_token: str | None,
     ) -> Any:
         """Wait for this process's flight of ``key``; lead a new one if its leader is gone."""
         flights = self._flights
@@ -218,7 +230,9 @@ class DogpileLock:
             except _LeaderGone:
                 continue
         # The leader was cancelled and nobody took over yet: start over (one read).
-        return await self.get_or_create(key, creator, ttl_seconds, stale_ttl, fallback_on_error)
+        return await self.get_or_create(
+            key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
+        )
 
     async def _await_flight(self, key: str, flight: asyncio.Future[Any], deadline: float) -> Any:
         self._stats.lock_waits += 1
@@ -249,8 +263,9 @@ class DogpileLock:
         """Take the lease and create, take a value that appeared, or wait for the holder."""
         key = req.key
         backend = self._backend
-        # A unique token per attempt: the release is compare-and-delete.
-        token = secrets.token_hex(16)
+        # A unique token per attempt: the release is compare-and-delete. An adopted lease
+        # (taken by a producer for this very call) keeps its token.
+        token = req.lease_token or secrets.token_hex(16)
         started: float | None = None
         while True:
             try:
@@ -259,7 +274,7 @@ class DogpileLock:
                 if not req.fallback_on_error:
                     raise
                 return await self._uncached(req)
-            if lease.acquired:
+            if lease.acquired or await self._adopted(key, token, lease):
                 return await self._create(req, token, lease_seconds)
             if lease.payload is not None:
                 entry = decode_entry(key, lease.payload)
@@ -289,10 +304,38 @@ class DogpileLock:
                     raise
                 return await self._uncached(req)
 
+    async def _adopted(self, key: str, token: str, lease: LeaseResult) -> bool:
+        """Whether ``lease`` is held by ``token`` itself (handed over), now renewed to full."""
+        if lease.holder is None or lease.holder != token:
+            return False
+        # Taken when the call was sent: it may be close to lapsing; renew it at once.
+        return await self._backend._renew_lease(key, token)
+
+    # -- what a producer asks before sending (BaseCacheAdapter.lookup) ---------------------
+
+    def in_flight(self, key: str) -> bool:
+        """Whether a creation of ``key`` is running in this process."""
+        return key in self._flights
+
+    async def wait_for_flight(self, key: str, within: float) -> None:
+        """Wait until this process's creation of ``key`` ends, at most ``within`` seconds.
+
+        Returns quietly however it ended (value, error, timeout): the caller re-reads.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            return
+        if isinstance(flight, _Pending):
+            flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(flight), within)
+        except Exception:  # its value, its error, _LeaderGone or the timeout: re-read
+            return
+
     # -- the holder ----------------------------------------------------------------------
 
     async def _create(self, req: _Request, token: str, lease_seconds: float | None) -> Any:
-        key, creator, ttl_seconds, stale_ttl, _ = req
+        key, creator, ttl_seconds, stale_ttl, _, _ = req
         heartbeat: asyncio.Task[None] | None = None
         if lease_seconds is not None:
             heartbeat = asyncio.create_task(self._heartbeat(key, token, lease_seconds))
@@ -362,7 +405,7 @@ class DogpileLock:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         lease_seconds = self._backend._lease_seconds
-        token = "" if lease_seconds is None else secrets.token_hex(16)
+        token = "" if lease_seconds is None else (req.lease_token or secrets.token_hex(16))
         try:
             lease = await self._refresh_lease(key, token, payload, landed)
             if lease.payload is not None:
@@ -409,7 +452,10 @@ class DogpileLock:
         try:
             # ignore=payload: if another process refreshed the entry meanwhile, the new
             # value comes back instead of a second regeneration.
-            return await self._backend._acquire_lease(key, token, ignore=payload)
+            lease = await self._backend._acquire_lease(key, token, ignore=payload)
+            if await self._adopted(key, token, lease):
+                return _GRANTED
+            return lease
         except _BACKEND_ERRORS as exc:
             logger.warning("serving a stale value of %r: %s", key, exc)
             return LeaseResult(None, False, None)

@@ -30,6 +30,7 @@ __all__ = [
     "CachedValue",
     "ErrorInfo",
     "Unencodable",
+    "arguments_json",
     "binder",
     "cache_key_digest",
     "decode_payload",
@@ -54,9 +55,11 @@ _KEY_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook, order="deterministic"
 _PAYLOAD_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _JSON_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 # What msgspec raises for a value it cannot encode; RecursionError for one nested too
-# deeply or containing itself (a task returning such a value must not fail for it).
+# deeply or containing itself (a task returning such a value must not fail for it);
+# ValueError covers UnicodeEncodeError, a str holding a lone surrogate ("\udc80").
 _ENCODE_ERRORS = (
     TypeError,
+    ValueError,
     NotImplementedError,
     OverflowError,
     RecursionError,
@@ -100,11 +103,18 @@ class CachedValue(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 _PAYLOAD_DECODER = msgspec.msgpack.Decoder(CachedValue)
 
 
-def _error_args(exc: BaseException) -> list[Any]:
+def _utf8_text(text: str) -> str:
+    """``text``, with what UTF-8 cannot hold (a lone surrogate) as a backslash escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error_args(exc: BaseException, message: str) -> list[Any]:
     try:
         _PAYLOAD_ENCODER.encode(list(exc.args))
     except _ENCODE_ERRORS:
-        return [str(exc)]
+        return [message]
     return list(exc.args)
 
 
@@ -123,11 +133,13 @@ def _error_fields(exc: BaseException) -> dict[str, Any]:
 def error_info(exc: BaseException) -> ErrorInfo:
     """Describe ``exc`` so that it can be stored and rebuilt later."""
     cls = type(exc)
+    # Stored as UTF-8: a message with a lone surrogate is kept with it escaped.
+    message = _utf8_text(str(exc))
     return ErrorInfo(
         module=cls.__module__,
         qualname=cls.__qualname__,
-        message=str(exc),
-        args=_error_args(exc),
+        message=message,
+        args=_error_args(exc, message),
         fields=_error_fields(exc),
     )
 
@@ -304,5 +316,13 @@ def to_json_text(value: Any) -> str:
     """JSON text of a return value (the record's ``return_value``); :class:`Unencodable` if not."""
     try:
         return _JSON_ENCODER.encode(value).decode()
+    except _ENCODE_ERRORS as exc:
+        raise Unencodable(str(exc)) from exc
+
+
+def arguments_json(args: Any, kwargs: Any) -> tuple[str, str]:
+    """JSON text of a call's ``args`` and ``kwargs`` (a record's); :class:`Unencodable` if not."""
+    try:
+        return _JSON_ENCODER.encode(args).decode(), _JSON_ENCODER.encode(kwargs).decode()
     except _ENCODE_ERRORS as exc:
         raise Unencodable(str(exc)) from exc

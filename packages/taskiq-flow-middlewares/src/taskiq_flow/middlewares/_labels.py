@@ -22,10 +22,19 @@ LABEL_CACHE_TTL = "cache_ttl"
 LABEL_CACHE_ERRORS = "cache_errors"
 LABEL_CACHE_KEY = "cache_key"
 LABEL_CACHE_HIT = "cache_hit"
+LABEL_CACHE_AT_SEND = "cache_at_send"
+LABEL_CACHE_LEASE = "cache_lease"
+LABEL_CACHE_ANSWERED = "cache_answered"
 LABEL_PIPELINE_ID = "pipeline_id"
 
-OUR_LABELS = frozenset({LABEL_CACHE, LABEL_CACHE_TTL, LABEL_CACHE_ERRORS, LABEL_CACHE_KEY})
-"""The labels CacheMiddleware reads: a message with none of them takes the defaults."""
+OUR_LABELS = frozenset(
+    {LABEL_CACHE, LABEL_CACHE_TTL, LABEL_CACHE_ERRORS, LABEL_CACHE_KEY, LABEL_CACHE_LEASE}
+)
+"""The labels CacheMiddleware reads: a message with none of them takes the defaults.
+
+``cache_lease`` is set by the producer that claimed the call's lease at send (see
+:mod:`taskiq_flow.middlewares._at_send`); ``cache_at_send`` is read by the producer only;
+``cache_answered="send"`` marks a result answered at send (with ``cache_hit``)."""
 
 MAX_TTL = 10 * 365 * 24 * 3600
 """Ten years: anything longer is a typo, and Redis rejects PX values past 2**63 ms."""

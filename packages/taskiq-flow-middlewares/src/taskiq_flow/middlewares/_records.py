@@ -102,8 +102,7 @@ def _arguments(message: TaskiqMessage, record: dict[str, Any]) -> None:
         record["args_omitted"] = "store_args=false"
         return
     try:
-        args = _codec.to_json_text(message.args)
-        kwargs = _codec.to_json_text(message.kwargs)
+        args, kwargs = _codec.arguments_json(message.args, message.kwargs)
     except _codec.Unencodable as exc:
         record["args"] = record["kwargs"] = None
         record["args_omitted"] = f"not encodable as JSON: {exc}"

@@ -4,11 +4,16 @@
 cache; the task's wrapper (see :mod:`taskiq_flow.middlewares._wrapping`) hands the
 claimed call to :meth:`CacheMiddleware._resolve`, which asks the cache adapter's
 ``get_or_create`` and runs the real function (once across workers) on a miss.
+
+On the producer, ``pre_send`` makes the same decision and asks the cache first: a call
+already cached or in flight is answered at ``kiq()`` and never sent (see
+:mod:`taskiq_flow.middlewares._at_send`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +31,7 @@ from taskiq_flow.cache import (
 )
 from taskiq_flow.cache.base import check_cache_key
 from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares._at_send import SendGate
 from taskiq_flow.middlewares._wrapping import (
     CURRENT,
     MISSING,
@@ -60,11 +66,16 @@ class CacheMiddleware(TaskiqMiddleware):
             otherwise (``0`` = do not cache).
         enabled: ``False`` turns the middleware into a no-op.
         cache_errors: cache task errors by default (the ``cache_errors`` label overrides).
+        answer_at_send: answer a call at ``kiq()`` when its result is cached, or join an
+            identical call in flight, sending nothing to the broker (the
+            ``cache_at_send="false"`` label turns it off per call). See
+            ``docs/middlewares.md``, "Answered at send".
 
     Labels (at declaration, with ``kicker().with_labels(...)``, or
     ``task.kiq(..., labels={...})``): ``cache_ttl``, ``cache_errors``, ``cache``
-    (``"false"`` = bypass), ``cache_key`` (an explicit key). Results answered from the
-    cache carry the label ``cache_hit="true"``.
+    (``"false"`` = bypass), ``cache_key`` (an explicit key), ``cache_at_send``
+    (``"false"`` = always send). Results answered from the cache carry the label
+    ``cache_hit="true"`` (and ``cache_answered="send"`` when answered at ``kiq()``).
 
     Raises:
         MiddlewareConfigError: a bad ``default_ttl`` (a ``ValueError``).
@@ -78,6 +89,7 @@ class CacheMiddleware(TaskiqMiddleware):
         enabled: bool = True,
         *,
         cache_errors: bool = False,
+        answer_at_send: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl < 0:
@@ -94,6 +106,7 @@ class CacheMiddleware(TaskiqMiddleware):
         self.default_ttl = default_ttl
         self.enabled = enabled
         self.cache_errors = cache_errors
+        self.answer_at_send = answer_at_send
         self._counters = {
             "hits": 0,
             "executions": 0,
@@ -103,12 +116,19 @@ class CacheMiddleware(TaskiqMiddleware):
             "uncacheable_results": 0,
             "cache_failures": 0,
             "lock_timeouts": 0,
+            "answered_at_send": 0,
+            "joined_at_send": 0,
+            "claimed_at_send": 0,
+            "sent_after_join": 0,
+            "refreshes_sent": 0,
+            "send_lookup_failures": 0,
         }
         self._warned_tasks: set[str] = set()
         # Bound once, handed to every decision (a bound method per message costs more).
         self._resolve_call = self._resolve
         # task name -> (task, its wrapper, the original function, its argument binder)
         self._known: dict[str, tuple[Any, Callable[..., Any], Callable[..., Any], Any]] = {}
+        self._gate = SendGate(self)
 
     @property
     def cache(self) -> BaseCacheAdapter:
@@ -124,10 +144,16 @@ class CacheMiddleware(TaskiqMiddleware):
     # -- taskiq hooks ----------------------------------------------------------------
 
     def set_broker(self, broker: AsyncBroker) -> None:
-        """Remember the broker and wrap the tasks it already knows."""
+        """Remember the broker, wrap the tasks it knows and gate its ``kick``.
+
+        The gate (see :mod:`taskiq_flow.middlewares._at_send`) is installed only with
+        ``answer_at_send``: without it, the broker's ``kick`` is left untouched.
+        """
         super().set_broker(broker)
         for task in broker.get_all_tasks().values():
             self._wrap(task)
+        if self.answer_at_send:
+            self._gate.install(broker)
 
     def startup(self) -> None:
         """Wrap tasks registered after the middleware was added."""
@@ -139,12 +165,17 @@ class CacheMiddleware(TaskiqMiddleware):
     # it an ABC isinstance check (measured: ~0.5 us per hook per message).
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Bring ``kiq(..., labels={...})`` into the message's labels before it leaves."""
-        if "labels" not in message.kwargs:
-            return message
-        task = self.broker.find_task(message.task_name)
-        func = original(task.original_func) if task is not None else None
-        _labels.lift_labels_kwarg(message, func, wire_format=True)
+        """Lift ``kiq(..., labels={...})`` into the labels; decide whether it is answered here.
+
+        The decision (answer from the cache, join a call in flight, or send) is carried
+        out by the gated ``kick`` that follows; it never raises because of the cache.
+        """
+        if "labels" in message.kwargs:
+            task = self.broker.find_task(message.task_name)
+            func = original(task.original_func) if task is not None else None
+            _labels.lift_labels_kwarg(message, func, wire_format=True)
+        if self.answer_at_send and self.enabled:
+            await self._gate.before_send(message)
         return message
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
@@ -171,7 +202,8 @@ class CacheMiddleware(TaskiqMiddleware):
         return message
 
     async def shutdown(self) -> None:
-        """Close the cache adapter."""
+        """Send what still waits on another process's call, then close the cache adapter."""
+        await self._gate.close()
         await self.cache.close()
 
     # -- statistics --------------------------------------------------------------------
@@ -184,12 +216,19 @@ class CacheMiddleware(TaskiqMiddleware):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _decide(self, message: TaskiqMessage, binder: _codec.Binder) -> CacheCall | None:
-        """The decision for ``message``, or ``None`` when it runs uncached."""
+    def _decide(
+        self, message: TaskiqMessage, binder: _codec.Binder, *, count: bool = True
+    ) -> CacheCall | None:
+        """The decision for ``message``, or ``None`` when it runs uncached.
+
+        ``count=False`` (the producer's look before sending): warn, but leave the
+        counters to the worker's own decision on the same message.
+        """
         if not self.enabled:
             return None
         ttl, cache_errors = self.default_ttl, self.cache_errors
         explicit = None
+        resolve = self._resolve_call
         labels = message.labels
         # Most messages carry none of our labels: the defaults and the digest key.
         if labels and not _labels.OUR_LABELS.isdisjoint(labels):
@@ -200,6 +239,10 @@ class CacheMiddleware(TaskiqMiddleware):
                 message, _labels.LABEL_CACHE_ERRORS, default=self.cache_errors
             )
             explicit = labels.get(_labels.LABEL_CACHE_KEY)
+            lease = labels.pop(_labels.LABEL_CACHE_LEASE, None)
+            if lease is not None:
+                # The producer claimed this call's lease at send: adopt it (no wait).
+                resolve = functools.partial(self._resolve, lease_token=str(lease))
         if ttl == 0:
             return None
         if explicit is not None and (explicit := str(explicit)):
@@ -210,7 +253,7 @@ class CacheMiddleware(TaskiqMiddleware):
                     check_cache_key(explicit)
                 except CacheKeyError as problem:
                     self._count_and_warn_once(
-                        "uncacheable_keys",
+                        "uncacheable_keys" if count else "",
                         message.task_name,
                         "Task %s runs uncached: its cache_key label is not a usable key (%s).",
                         problem,
@@ -222,7 +265,7 @@ class CacheMiddleware(TaskiqMiddleware):
                 digest = binder.digest(message.args, message.kwargs)
             except _codec.Unencodable as exc:
                 self._count_and_warn_once(
-                    "uncacheable_args",
+                    "uncacheable_args" if count else "",
                     message.task_name,
                     "Task %s runs uncached: its arguments cannot be encoded (%s).",
                     exc,
@@ -230,13 +273,14 @@ class CacheMiddleware(TaskiqMiddleware):
                 return None
             key = f"{message.task_name}:{digest}"
         loop = asyncio.get_running_loop()
-        return CacheCall(self._resolve_call, message, key, ttl, cache_errors, loop)
+        return CacheCall(resolve, message, key, ttl, cache_errors, loop)
 
     def _count_and_warn_once(
         self, counter: str, task_name: str, template: str, detail: object
     ) -> None:
-        """Count a call that runs uncached; warn about it once per task name."""
-        self._counters[counter] += 1
+        """Count a call that runs uncached (unless ``counter`` is ``""``); warn once per task."""
+        if counter:
+            self._counters[counter] += 1
         if task_name in self._warned_tasks:
             return
         self._warned_tasks.add(task_name)
@@ -257,18 +301,20 @@ class CacheMiddleware(TaskiqMiddleware):
         self._known[task.task_name] = known
         return known
 
-    async def _resolve(
+    async def _resolve(  # noqa: PLR0912, PLR0917 - the whole cache dance, one frame
         self,
         call: CacheCall,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run: Callable[[], Awaitable[Any]] | None = None,
+        lease_token: str | None = None,
     ) -> Any:
         """Answer ``call`` from the cache, or run it (once across workers) and cache it.
 
         ``run`` runs the function where it must run (a sync task: in its thread);
         ``None`` awaits ``func(*args, **kwargs)`` right here (an async task).
+        ``lease_token``: the lease its producer claimed at send, adopted here.
         """
         # What this call's own execution produced, if the cache elected it as creator:
         # the caller gets the original object (or exception), not a decoded copy.
@@ -295,10 +341,14 @@ class CacheMiddleware(TaskiqMiddleware):
             try:
                 # stale_ttl left out: None means the adapter's own default_stale_ttl.
                 payload = await self._get_or_create(
-                    call.key, creator, call.ttl, fallback_on_error=True
+                    call.key, creator, call.ttl, fallback_on_error=True, lease_token=lease_token
                 )
                 break
             except CacheLockTimeout:
+                if failed is not None or produced is not MISSING:
+                    # Our creator ran: this is the task's own exception (it uses a cache
+                    # itself), not our wait. It is the task's error, as any other.
+                    raise
                 # Another worker is still creating this very result (its lease is being
                 # renewed, or we would have taken over): running it here too is exactly
                 # what the lock is for. Keep waiting; taskiq's timeout label bounds it.
@@ -318,6 +368,8 @@ class CacheMiddleware(TaskiqMiddleware):
                 # A waiter in this process gets the creator's very object.
                 return exc.value
             except CacheError as exc:
+                if exc is failed:
+                    raise  # the task's own CacheError, not the cache's: the task's error
                 if failed is None and produced is MISSING and isinstance(exc, CacheValueError):
                     # The adapter refused the key or TTL before running anything: a
                     # property of this call, not an outage. Once per task, no traceback.
@@ -346,6 +398,10 @@ class CacheMiddleware(TaskiqMiddleware):
             raise failed
         if produced is not MISSING:
             return produced
+        if lease_token is not None:
+            # Answered without our creator (another run landed first): the lease the
+            # producer handed over must not sit until it lapses.
+            await self._gate.release_quietly(call.key, lease_token)
         return await self._hit(call, payload, func, args, kwargs, run=run)
 
     async def _hit(
