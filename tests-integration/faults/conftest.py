@@ -2,7 +2,9 @@
 
 ``start_cluster(redis_url, workers=2, **settings)`` starts the workers of
 ``apps/fault_app.py`` and builds the producer side of the same app in this process;
-everything is stopped and closed when the test ends.
+everything is stopped and closed when the test ends. Workers spool into
+``tmp_path / "spool"`` (``FAULT_SPOOL_DIR``) unless a test says otherwise; the producer
+side has no spool.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ async def start_cluster(
                 WorkerProcess(
                     "fault_app:create_broker",
                     app_dir=APP_DIR,
-                    env={**base, **extra},
+                    env={**base, "FAULT_SPOOL_DIR": str(tmp_path / "spool"), **extra},
                     log_path=log,
                 ).start()
             )

@@ -60,6 +60,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "TASKIQ_FLOW_STORAGE_TTL_SECONDS": "86_400",
         "TASKIQ_FLOW_STORAGE_MAX_ENTRIES": "50",
         "TASKIQ_FLOW_STORAGE_KEY_PREFIX": "app1:",
+        "TASKIQ_FLOW_STORAGE_SPOOL_DIR": str(tmp_path / "spool"),
         "TASKIQ_FLOW_STORAGE_ENABLED": "off",
         "TASKIQ_FLOW_CACHE_TYPE": "inmemory",
         "TASKIQ_FLOW_CACHE_REDIS_URL": "rediss://h2:6391",
@@ -68,6 +69,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "TASKIQ_FLOW_CACHE_MAX_ENTRIES": "7",
         "TASKIQ_FLOW_CACHE_KEY_PREFIX": "c1:",
         "TASKIQ_FLOW_CACHE_ENABLED": "No",
+        "TASKIQ_FLOW_CACHE_AT_SEND": "false",
         "TASKIQ_FLOW_RESULT_BACKEND": "True",
     }
     for key, value in env.items():
@@ -80,6 +82,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "storage_ttl_seconds": 86_400,
         "storage_max_entries": 50,
         "storage_key_prefix": "app1:",
+        "storage_spool_dir": str(tmp_path / "spool"),
         "storage_enabled": False,
         "cache_type": "inmemory",
         "cache_redis_url": "rediss://h2:6391",
@@ -88,6 +91,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "cache_max_entries": 7,
         "cache_key_prefix": "c1:",
         "cache_enabled": False,
+        "cache_at_send": False,
         "result_backend": True,
     }
     assert all(config.source_of(s["name"]) == "environment" for s in TaskiqFlowConfig.settings())
@@ -243,7 +247,7 @@ def test_auto_rules(kwargs: dict[str, str], expected_storage: str, expected_cach
     ("env", "named"),
     [
         ({"TASKIQ_FLOW_STORAGE_TYPE": "redis"}, "TASKIQ_FLOW_STORAGE_REDIS_URL"),
-        ({"TASKIQ_FLOW_STORAGE_TYPE": "sqlite"}, "TASKIQ_FLOW_STORAGE_SQLITE_PATH"),
+        # "sqlite" without a path is the guide's default file (test_new_user.py).
         ({"TASKIQ_FLOW_CACHE_TYPE": "redis"}, "TASKIQ_FLOW_CACHE_REDIS_URL"),
         # The storage URL does not configure the cache: no silent sharing, no localhost.
         (
@@ -319,3 +323,12 @@ def test_backend_not_installed_is_both_config_and_import_error() -> None:
     assert isinstance(error, ConfigError)
     assert isinstance(error, ImportError)
     assert "pip install 'taskiq-flow-storage[redis]'" in str(error)
+
+
+def test_cache_at_send_reaches_the_middleware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskiq_flow.factory import StorageAdapterFactory
+
+    monkeypatch.setenv("TASKIQ_FLOW_CACHE_AT_SEND", "0")
+    assert StorageAdapterFactory.create_cache_middleware().answer_at_send is False
+    monkeypatch.delenv("TASKIQ_FLOW_CACHE_AT_SEND")
+    assert StorageAdapterFactory.create_cache_middleware().answer_at_send is True

@@ -10,7 +10,9 @@ environment (the test process calls :func:`build` itself to be the producer):
 - ``FAULT_ERROR_LOG_INTERVAL``: StorageMiddleware's ``error_log_interval``;
 - ``FAULT_STORE_CACHE_HITS``: ``1`` = a record for cache hits too (one per task);
 - ``FAULT_TASK_SLEEP``: seconds each ``compute`` call takes;
-- ``FAULT_BROKER``: ``resilient`` (default) or ``stock`` (taskiq-redis's ListQueueBroker).
+- ``FAULT_BROKER``: ``resilient`` (default) or ``stock`` (taskiq-redis's ListQueueBroker);
+- ``FAULT_SPOOL_DIR``: StorageMiddleware's spool directory (unset: no spool, as for the
+  producer side the test process builds).
 
 The result backend retries saving a result for up to 20 s while Redis is away
 (:class:`PatientResultBackend`).
@@ -147,6 +149,8 @@ def build(settings: dict[str, str]) -> App:
         retry_interval=0.1,
         max_retry_interval=0.5,
         error_log_interval=float(settings.get("FAULT_ERROR_LOG_INTERVAL", "60")),
+        spool=bool(settings.get("FAULT_SPOOL_DIR")),
+        spool_dir=settings.get("FAULT_SPOOL_DIR") or None,
     )
     broker.add_middlewares(cache_mw, storage_mw)
     client = aioredis.from_url(redis_url)

@@ -23,14 +23,21 @@ from taskiq_flow.storage.kit import (
 __all__ = [
     "REDIS_URL_FORMS",
     "SQLITE_PATH_FORMS",
+    "TYPE_ALIASES",
     "mask_url",
     "parse_bool",
     "parse_choice",
+    "parse_directory",
+    "parse_optional_int",
     "parse_positive_int",
     "parse_redis_url",
+    "parse_required_int",
     "parse_sqlite_path",
     "parse_text",
 ]
+
+TYPE_ALIASES = {"memory": "inmemory"}
+"""Other names accepted for a backend type (the earlier taskiq-flow's ``"memory"``)."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -51,8 +58,10 @@ def _did_you_mean(value: str, allowed: Sequence[str]) -> str:
 
 
 def parse_choice(raw: object, source: str, allowed: Sequence[str]) -> str:
-    """Parse one of ``allowed`` (case-insensitive, surrounding blanks ignored)."""
+    """Parse one of ``allowed`` or an alias (case-insensitive, surrounding blanks ignored)."""
     value = raw.strip().lower() if isinstance(raw, str) else raw
+    if isinstance(value, str):
+        value = TYPE_ALIASES.get(value, value)
     if isinstance(value, str) and value in allowed:
         return value
     shown = ", ".join(repr(a) for a in allowed)
@@ -83,6 +92,28 @@ def parse_positive_int(raw: object, source: str, *, optional: bool) -> int | Non
         msg = f"{source}={raw!r} is not valid: expected {what}"
         raise ConfigError(msg, source=source, allowed=("an integer > 0",))
     return value
+
+
+def parse_optional_int(raw: object, source: str) -> int | None:
+    """A whole number > 0, or ``None`` (unset)."""
+    return parse_positive_int(raw, source, optional=True)
+
+
+def parse_required_int(raw: object, source: str) -> int | None:
+    """A whole number > 0."""
+    return parse_positive_int(raw, source, optional=False)
+
+
+def parse_directory(raw: object, source: str) -> str | None:
+    """A directory path (``str`` or ``os.PathLike``); empty means unset."""
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, str):
+        return raw.strip()
+    msg = f"{source} must be a directory path, got {type(raw).__name__}"
+    raise ConfigError(msg, source=source, allowed=("a directory path",))
 
 
 def parse_bool(raw: object, source: str) -> bool:

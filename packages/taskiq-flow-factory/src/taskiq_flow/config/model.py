@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, cast
 
-from taskiq_flow.config._parse import (
-    mask_url,
-    parse_bool,
-    parse_choice,
-    parse_positive_int,
-    parse_redis_url,
-    parse_sqlite_path,
-    parse_text,
+from taskiq_flow.config._environ import check_environment
+from taskiq_flow.config._fields import BY_NAME as _BY_NAME
+from taskiq_flow.config._fields import (
+    CACHE_TYPES,
+    ENV_PREFIX,
+    STORAGE_TYPES,
+    CacheType,
+    StorageType,
 )
+from taskiq_flow.config._fields import FIELDS as _FIELDS
+from taskiq_flow.config._parse import mask_url
 from taskiq_flow.config.errors import ConfigError
 
 __all__ = [
@@ -29,12 +31,6 @@ __all__ = [
     "TaskiqFlowConfig",
 ]
 
-ENV_PREFIX: Final = "TASKIQ_FLOW_"
-StorageType = Literal["auto", "inmemory", "redis", "sqlite"]
-CacheType = Literal["auto", "inmemory", "redis"]
-STORAGE_TYPES: Final[tuple[str, ...]] = ("auto", "inmemory", "redis", "sqlite")
-CACHE_TYPES: Final[tuple[str, ...]] = ("auto", "inmemory", "redis")
-
 
 class _Unset(enum.Enum):
     UNSET = "UNSET"
@@ -47,129 +43,6 @@ UNSET: Final = _Unset.UNSET
 """Default of every ``TaskiqFlowConfig`` argument: "not given, read the environment"."""
 
 SettingSource = Literal["argument", "environment", "default"]
-
-
-class _Field:
-    __slots__ = ("default", "doc", "name", "parse")
-
-    def __init__(
-        self, name: str, default: Any, parse: Callable[[object, str], Any], doc: str
-    ) -> None:
-        self.name = name
-        self.default = default
-        self.parse = parse
-        self.doc = doc
-
-    @property
-    def env_var(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-
-def _optional_int(raw: object, source: str) -> int | None:
-    return parse_positive_int(raw, source, optional=True)
-
-
-def _required_int(raw: object, source: str) -> int | None:
-    return parse_positive_int(raw, source, optional=False)
-
-
-_FIELDS: Final[tuple[_Field, ...]] = (
-    _Field(
-        "storage_type",
-        "auto",
-        lambda raw, src: parse_choice(raw, src, STORAGE_TYPES),
-        "Storage backend: 'auto' (Redis if a storage Redis URL is set, else SQLite if a "
-        "SQLite path is set, else in-memory), 'inmemory', 'redis' or 'sqlite'.",
-    ),
-    _Field(
-        "storage_redis_url",
-        None,
-        parse_redis_url,
-        "Redis URL for storage (redis://, rediss:// or unix://).",
-    ),
-    _Field(
-        "storage_sqlite_path",
-        None,
-        parse_sqlite_path,
-        "SQLite database for storage: a file path, ':memory:' or a sqlite:/// URL.",
-    ),
-    _Field(
-        "storage_ttl_seconds",
-        None,
-        _optional_int,
-        "Default retention of stored records in seconds; unset keeps them forever.",
-    ),
-    _Field(
-        "storage_max_entries",
-        None,
-        _optional_int,
-        "In-memory storage only: keep at most this many entries (least recently used go).",
-    ),
-    _Field(
-        "storage_key_prefix",
-        "taskiq_flow:",
-        parse_text,
-        "Redis storage only: prefix of every key, so apps can share a server.",
-    ),
-    _Field(
-        "storage_enabled",
-        True,
-        parse_bool,
-        "Whether StorageMiddleware records results (true/false).",
-    ),
-    _Field(
-        "cache_type",
-        "auto",
-        lambda raw, src: parse_choice(raw, src, CACHE_TYPES),
-        "Cache backend: 'auto' (Redis if a cache Redis URL is set, else in-memory), "
-        "'inmemory' or 'redis'.",
-    ),
-    _Field(
-        "cache_redis_url",
-        None,
-        parse_redis_url,
-        "Redis URL for the cache (redis://, rediss:// or unix://).",
-    ),
-    _Field(
-        "cache_default_ttl",
-        3600,
-        _required_int,
-        "Seconds a cached task result stays fresh (a task's cache_ttl label overrides it).",
-    ),
-    _Field(
-        "cache_lock_timeout",
-        10,
-        _required_int,
-        "Redis cache only: lease in seconds of the cross-process dogpile lock (renewed "
-        "while the task runs).",
-    ),
-    _Field(
-        "cache_max_entries",
-        None,
-        _optional_int,
-        "In-memory cache only: keep at most this many results (least recently used go).",
-    ),
-    _Field(
-        "cache_key_prefix",
-        "taskiq_flow_cache:",
-        parse_text,
-        "Redis cache only: prefix of every cache key.",
-    ),
-    _Field(
-        "cache_enabled",
-        True,
-        parse_bool,
-        "Whether CacheMiddleware answers repeated tasks from the cache (true/false).",
-    ),
-    _Field(
-        "result_backend",
-        False,
-        parse_bool,
-        "Whether create_default_middlewares also builds a StorageResultBackend over the "
-        "storage adapter (true/false): each task is then one key, record and result.",
-    ),
-)
-_BY_NAME: Final = {f.name: f for f in _FIELDS}
 
 
 class TaskiqFlowConfig:
@@ -190,6 +63,7 @@ class TaskiqFlowConfig:
         storage_ttl_seconds: default retention of records; ``None`` keeps them forever.
         storage_max_entries: in-memory storage bound (LRU); ``None`` is unbounded.
         storage_key_prefix: Redis storage key prefix (default ``"taskiq_flow:"``).
+        storage_spool_dir: the spool directory (default ``./.taskiq-flow/spool``).
         storage_enabled: whether ``StorageMiddleware`` records results.
         cache_type: ``"auto"`` (default), ``"inmemory"`` or ``"redis"``.
         cache_redis_url: Redis URL for the cache; required by ``cache_type="redis"``.
@@ -198,6 +72,8 @@ class TaskiqFlowConfig:
         cache_max_entries: in-memory cache bound (LRU); ``None`` is unbounded.
         cache_key_prefix: Redis cache key prefix (default ``"taskiq_flow_cache:"``).
         cache_enabled: whether ``CacheMiddleware`` answers from the cache.
+        cache_at_send: whether ``CacheMiddleware`` answers cached and in-flight calls
+            at ``kiq()``, sending nothing (default ``True``).
         result_backend: whether ``create_default_middlewares`` also returns a
             ``StorageResultBackend`` over the storage adapter (default ``False``).
         environ: where to read variables from; ``None`` means ``os.environ``,
@@ -210,6 +86,8 @@ class TaskiqFlowConfig:
 
     __slots__ = (
         "_sources",
+        "_unknown",
+        "cache_at_send",
         "cache_default_ttl",
         "cache_enabled",
         "cache_key_prefix",
@@ -222,6 +100,7 @@ class TaskiqFlowConfig:
         "storage_key_prefix",
         "storage_max_entries",
         "storage_redis_url",
+        "storage_spool_dir",
         "storage_sqlite_path",
         "storage_ttl_seconds",
         "storage_type",
@@ -233,6 +112,7 @@ class TaskiqFlowConfig:
     storage_ttl_seconds: int | None
     storage_max_entries: int | None
     storage_key_prefix: str
+    storage_spool_dir: str | None
     storage_enabled: bool
     cache_type: CacheType
     cache_redis_url: str | None
@@ -241,8 +121,10 @@ class TaskiqFlowConfig:
     cache_max_entries: int | None
     cache_key_prefix: str
     cache_enabled: bool
+    cache_at_send: bool
     result_backend: bool
     _sources: dict[str, str]
+    _unknown: tuple[tuple[str, str | None], ...]
 
     def __init__(
         self,
@@ -253,6 +135,7 @@ class TaskiqFlowConfig:
         storage_ttl_seconds: int | _Unset | None = UNSET,
         storage_max_entries: int | _Unset | None = UNSET,
         storage_key_prefix: str | _Unset = UNSET,
+        storage_spool_dir: str | os.PathLike[str] | _Unset | None = UNSET,
         storage_enabled: bool | _Unset = UNSET,
         cache_type: str | _Unset = UNSET,
         cache_redis_url: str | _Unset | None = UNSET,
@@ -261,6 +144,7 @@ class TaskiqFlowConfig:
         cache_max_entries: int | _Unset | None = UNSET,
         cache_key_prefix: str | _Unset = UNSET,
         cache_enabled: bool | _Unset = UNSET,
+        cache_at_send: bool | _Unset = UNSET,
         result_backend: bool | _Unset = UNSET,
         environ: Mapping[str, str] | None = None,
     ) -> None:
@@ -271,6 +155,7 @@ class TaskiqFlowConfig:
             "storage_ttl_seconds": storage_ttl_seconds,
             "storage_max_entries": storage_max_entries,
             "storage_key_prefix": storage_key_prefix,
+            "storage_spool_dir": storage_spool_dir,
             "storage_enabled": storage_enabled,
             "cache_type": cache_type,
             "cache_redis_url": cache_redis_url,
@@ -279,6 +164,7 @@ class TaskiqFlowConfig:
             "cache_max_entries": cache_max_entries,
             "cache_key_prefix": cache_key_prefix,
             "cache_enabled": cache_enabled,
+            "cache_at_send": cache_at_send,
             "result_backend": result_backend,
         }
         env = os.environ if environ is None else environ
@@ -298,7 +184,17 @@ class TaskiqFlowConfig:
                 sources[field.name] = "default"
             object.__setattr__(self, field.name, value)
         object.__setattr__(self, "_sources", sources)
+        known = {field.env_var for field in _FIELDS}
+        object.__setattr__(self, "_unknown", check_environment(env, known, ENV_PREFIX))
         self._check_backend_needs()
+
+    @property
+    def unknown_variables(self) -> tuple[tuple[str, str | None], ...]:
+        """The ``TASKIQ_FLOW_*`` variables no setting reads, each with the closest one.
+
+        ``(variable, closest setting's variable or None)`` pairs; each was logged once.
+        """
+        return self._unknown
 
     def source_label(self, name: str) -> str:
         """The name to blame for a setting: its variable if read from the environment."""
@@ -309,7 +205,6 @@ class TaskiqFlowConfig:
     def _check_backend_needs(self) -> None:
         needs = (
             ("storage_type", "redis", "storage_redis_url", "a Redis URL (redis://host:6379/0)"),
-            ("storage_type", "sqlite", "storage_sqlite_path", "a SQLite file path"),
             ("cache_type", "redis", "cache_redis_url", "a Redis URL (redis://host:6379/0)"),
         )
         for type_field, backend, needed, what in needs:
@@ -361,6 +256,7 @@ class TaskiqFlowConfig:
         copy = TaskiqFlowConfig(**values, environ={})
         sources = {n: ("argument" if n in changes else self._sources[n]) for n in _BY_NAME}
         object.__setattr__(copy, "_sources", sources)
+        object.__setattr__(copy, "_unknown", self._unknown)
         return copy
 
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:

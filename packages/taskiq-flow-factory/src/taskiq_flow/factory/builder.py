@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, NotRequired, TypedDict
+import logging
+import os
+from typing import TYPE_CHECKING, Final, NotRequired, TypedDict
 
 from taskiq_flow.config import BackendNotInstalledError, TaskiqFlowConfig
 
@@ -16,7 +18,33 @@ if TYPE_CHECKING:
     )
     from taskiq_flow.storage import BaseStorageAdapter
 
-__all__ = ["DefaultMiddlewares", "StorageAdapterFactory"]
+__all__ = ["DEFAULT_SQLITE_PATH", "DefaultMiddlewares", "StorageAdapterFactory"]
+
+logger = logging.getLogger("taskiq_flow.factory")
+
+DEFAULT_SQLITE_PATH: Final = os.path.join(".taskiq-flow", "store.sqlite3")
+"""The SQLite store of ``storage_type="sqlite"`` without a path (and of the CLI's demo)."""
+
+_announced: set[str] = set()
+
+
+def _default_sqlite_path() -> str:
+    """:data:`DEFAULT_SQLITE_PATH`, its directory created; said once per process.
+
+    Only this default directory is created: an explicit path whose directory is missing
+    is an error naming it (a typo must not scatter stores around).
+    """
+    directory = os.path.dirname(DEFAULT_SQLITE_PATH)
+    os.makedirs(directory, exist_ok=True)
+    where = os.path.abspath(DEFAULT_SQLITE_PATH)
+    if where not in _announced:
+        _announced.add(where)
+        logger.info(
+            "taskiq-flow: storage_type='sqlite' without a path: storing in %s "
+            "(set TASKIQ_FLOW_STORAGE_SQLITE_PATH to choose)",
+            where,
+        )
+    return DEFAULT_SQLITE_PATH
 
 
 class DefaultMiddlewares(TypedDict):
@@ -75,10 +103,8 @@ class StorageAdapterFactory:
         if kind == "sqlite":
             from taskiq_flow.storage import SQLiteStorageAdapter  # noqa: PLC0415
 
-            assert config.storage_sqlite_path is not None  # noqa: S101  (auto rules)
-            return SQLiteStorageAdapter(
-                config.storage_sqlite_path, ttl_seconds=config.storage_ttl_seconds
-            )
+            path = config.storage_sqlite_path or _default_sqlite_path()
+            return SQLiteStorageAdapter(path, ttl_seconds=config.storage_ttl_seconds)
         from taskiq_flow.storage import InMemoryStorageAdapter  # noqa: PLC0415
 
         return InMemoryStorageAdapter(
@@ -120,6 +146,7 @@ class StorageAdapterFactory:
             cache=cls.create_cache_adapter(config),
             default_ttl=config.cache_default_ttl,
             enabled=config.cache_enabled,
+            answer_at_send=config.cache_at_send,
         )
 
     @classmethod
@@ -132,6 +159,7 @@ class StorageAdapterFactory:
             storage=cls.create_storage_adapter(config),
             enabled=config.storage_enabled,
             ttl_seconds=config.storage_ttl_seconds,
+            spool_dir=config.storage_spool_dir,
         )
 
     @classmethod
@@ -162,6 +190,8 @@ class StorageAdapterFactory:
 
             # The middleware's TTL too: the two then share one writer (one buffer).
             middlewares["result_backend"] = StorageResultBackend(
-                storage.storage, ttl_seconds=config.storage_ttl_seconds
+                storage.storage,
+                ttl_seconds=config.storage_ttl_seconds,
+                spool_dir=config.storage_spool_dir,
             )
         return middlewares

@@ -8,7 +8,13 @@ polls the broker's result backend; that backend object's ``is_result_ready`` and
 once, whatever the backend. It is written with ``set_result`` too: before ``kiq`` returns
 for a ``StorageResultBackend`` (its results are the records); otherwise unless read here
 within ``_WRITE_DELAY`` (the usual ``kiq`` + ``wait_result`` caller got it; a task id
-handed to another process is written for it).
+handed to another process is written for it). An answer read here is kept in memory for
+this process's later readers among the last ``_ANSWERS_KEPT`` answers only: re-reading
+it after that finds no result unless the backend is a ``StorageResultBackend``.
+
+No timer or task per answer: one background writer, and every new answer first writes
+the unread ones that are due, so a caller that never yields to the event loop stays
+bounded too.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ __all__ = ["Answers"]
 logger = logging.getLogger("taskiq_flow.middlewares")
 
 _ANSWERS_MARK = "__taskiq_flow_answers__"
-_ANSWERS_KEPT = 10_000
-"""Answers kept in memory per process; older ones are read from the result backend."""
+_ANSWERS_KEPT = 1_000
+"""Answers kept in memory per process for this process's readers (the oldest leave first;
+an answer read here is not written to the result backend, see the module docstring)."""
 _WRITE_DELAY = 0.5
 """Seconds an answer waits to be read in this process before it is written to the backend."""
 
@@ -45,10 +52,11 @@ class Answers:
     def __init__(self, middleware: CacheMiddleware) -> None:
         self._mw = middleware
         self._answers: collections.OrderedDict[str, TaskiqResult[Any]] = collections.OrderedDict()
-        self._writes: set[asyncio.Task[None]] = set()
-        self._unwritten: dict[
-            str, tuple[AsyncResultBackend[Any], TaskiqResult[Any], asyncio.TimerHandle]
-        ] = {}
+        # Answers not read here yet, oldest first: (backend, result, when its write is due).
+        self._unwritten: collections.OrderedDict[
+            str, tuple[AsyncResultBackend[Any], TaskiqResult[Any], float]
+        ] = collections.OrderedDict()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def answer(
         self, message: TaskiqMessage, call: CacheCall, cached: _codec.CachedValue
@@ -60,6 +68,10 @@ class Answers:
         """
         mw = self._mw
         broker = mw.broker
+        if self._unwritten:
+            # Inline as well as in the background: a caller that never yields to the
+            # event loop (a tight kiq + wait_result loop) must not pile answers up.
+            await self._write_due()
         labels = message.labels
         labels.pop(_labels.LABEL_CACHE_LEASE, None)
         labels[_labels.LABEL_CACHE_HIT] = "true"
@@ -102,21 +114,32 @@ class Answers:
         if len(answers) > _ANSWERS_KEPT:
             answers.popitem(last=False)
         if _records_live_in(backend):
-            return  # written already (see _answer)
+            return  # written already (see answer)
         # Read here first (the usual kiq + wait_result): delivered, no write needed.
         # Still unread after a moment: written for readers in other processes.
-        handle = asyncio.get_running_loop().call_later(_WRITE_DELAY, self._write_unread, task_id)
-        self._unwritten[task_id] = (backend, result, handle)
+        loop = asyncio.get_running_loop()
+        self._unwritten[task_id] = (backend, result, loop.time() + _WRITE_DELAY)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_when_due())
 
-    def _write_unread(self, task_id: str) -> None:
-        pending = self._unwritten.pop(task_id, None)
-        if pending is not None:
-            self._start_write(pending[0], task_id, pending[1])
+    async def _write_due(self) -> None:
+        """Write the unread answers whose delay is over (oldest first)."""
+        unwritten = self._unwritten
+        now = asyncio.get_running_loop().time()
+        while unwritten:
+            task_id, (backend, result, due) = next(iter(unwritten.items()))
+            if due > now:
+                return
+            del unwritten[task_id]
+            await self._write(backend, task_id, result)
 
-    def _start_write(self, backend: AsyncResultBackend[Any], task_id: str, result: Any) -> None:
-        write = asyncio.get_running_loop().create_task(self._write(backend, task_id, result))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
+    async def _flush_when_due(self) -> None:
+        """One background writer for this process's unread answers (no task per answer)."""
+        loop = asyncio.get_running_loop()
+        while self._unwritten:
+            first_due = next(iter(self._unwritten.values()))[2]
+            await asyncio.sleep(max(0.0, first_due - loop.time()))
+            await self._write_due()
 
     def _serve_answers(self, backend: AsyncResultBackend[Any]) -> None:
         """Let ``backend`` answer this process's readers of an answered task from memory."""
@@ -129,9 +152,7 @@ class Answers:
         async def get_answer(task_id: str, with_logs: bool = False) -> TaskiqResult[Any]:
             found = answers.get(task_id)
             if found is not None:
-                pending = unwritten.pop(task_id, None)
-                if pending is not None:
-                    pending[2].cancel()  # delivered to its reader here
+                unwritten.pop(task_id, None)  # delivered to its reader here
                 return found.model_copy()  # taskiq parses return_value into the copy
             return await get_result(task_id, with_logs=with_logs)
 
@@ -151,12 +172,14 @@ class Answers:
             )
 
     async def close(self) -> None:
-        """Write every answer not read yet; wait for the writes."""
-        for task_id in list(self._unwritten):
-            self._unwritten[task_id][2].cancel()
-            self._write_unread(task_id)
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        """Write every answer not read yet; stop the background writer."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        while self._unwritten:
+            task_id, (backend, result, _) = self._unwritten.popitem(last=False)
+            await self._write(backend, task_id, result)
 
 
 def _records_live_in(backend: AsyncResultBackend[Any]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import msgspec
@@ -32,13 +33,14 @@ from taskiq_flow.middlewares.errors import (
     ResultNotSerializableError,
     StoredTaskError,
 )
-from taskiq_flow.middlewares.storage import check_storage_arguments
+from taskiq_flow.middlewares.storage import check_storage_arguments, spool_location
 from taskiq_flow.storage import (
     BaseStorageAdapter,
     StorageCorruptError,
     StorageError,
     StorageSerializationError,
 )
+from taskiq_flow.storage.kit.spool import DEFAULT_SPOOL_MAX_BYTES
 
 __all__ = ["StorageResultBackend", "result_key"]
 
@@ -71,8 +73,13 @@ class StorageResultBackend(AsyncResultBackend[Any]):
         ttl_seconds: how long results live; ``None`` = the adapter's default TTL.
         keep_results: ``False`` deletes a result once ``get_result`` has read it (as
             taskiq-redis does).
-        buffer_size: results kept for retry while the storage is unreachable (then the
-            caller's ``wait_result`` waits until the write lands).
+        buffer_size: results kept in memory for retry when the spool cannot take them
+            (the caller's ``wait_result`` waits until the write lands).
+        spool: keep results the store refuses in a local spool file before
+            ``set_result`` returns (default ``True``; see ``StorageMiddleware``).
+        spool_dir: the spool directory (default ``$TASKIQ_FLOW_STORAGE_SPOOL_DIR``, else
+            ``./.taskiq-flow/spool``).
+        spool_max_bytes: the bound of each process's spool file (default 256 MiB).
 
     Errors come back as the task's own exception type when that class is importable in
     the reading process (only modules already imported are looked up); otherwise as
@@ -88,11 +95,12 @@ class StorageResultBackend(AsyncResultBackend[Any]):
         ttl_seconds: int | None = None,
         keep_results: bool = True,
         buffer_size: int = 10_000,
+        spool: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
     ) -> None:
         if storage is None:
-            raise MiddlewareConfigError(
-                name="storage", expected="a BaseStorageAdapter", got="None"
-            )
+            raise MiddlewareConfigError(name="storage", expected="a BaseStorageAdapter", got="None")
         check_storage_arguments(storage, ttl_seconds)
         self.storage = storage
         self.ttl_seconds = ttl_seconds
@@ -104,6 +112,8 @@ class StorageResultBackend(AsyncResultBackend[Any]):
             retry_interval=0.5,
             max_retry_interval=30.0,
             error_log_interval=60.0,
+            spool_dir=spool_location(spool, spool_dir),
+            spool_max_bytes=spool_max_bytes,
         )
         self.progress_dropped = 0
         """Progress updates not stored because the storage failed (see set_progress)."""
@@ -130,8 +140,12 @@ class StorageResultBackend(AsyncResultBackend[Any]):
 
     # -- taskiq's AsyncResultBackend -------------------------------------------------------
 
+    async def startup(self) -> None:
+        """Adopt spool files that stopped processes left for this store, and write them."""
+        await self.writer.start()
+
     async def shutdown(self) -> None:
-        """Flush results still buffered (up to 10 s), then close the adapter."""
+        """Write results still kept (in memory: up to 10 s; the spool stays on disk), close."""
         await self.writer.close(10.0)
         try:
             await self.storage.close()

@@ -6,15 +6,18 @@ sees a result can read its record (DESIGN.md §4 says "after each result is save
 result backend is a :class:`~taskiq_flow.middlewares.StorageResultBackend` over the same
 adapter, the record is handed to it instead and written once, as the result.
 
-A storage failure never reaches the worker: the record goes to the adapter's
-:class:`~taskiq_flow.middlewares._writer.RecordWriter`, a bounded buffer retried with
-backoff and flushed on shutdown; errors are logged once per interval, not once per task.
+A storage failure never reaches the worker: the record goes to the middleware's
+:class:`~taskiq_flow.middlewares._writer.RecordWriter`, which appends it to a local spool
+file (on disk, before the task finishes) and writes it to the store once it answers;
+errors are logged once per interval, not once per task.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -23,9 +26,10 @@ from taskiq.exceptions import NoResultError
 from taskiq_flow.middlewares import _labels
 from taskiq_flow.middlewares._records import build_record, record_key, utc_now_iso
 from taskiq_flow.middlewares._wrapping import answered_from_cache
-from taskiq_flow.middlewares._writer import RecordWriter
+from taskiq_flow.middlewares._writer import RecordWriter, default_spool_dir
 from taskiq_flow.middlewares.errors import MiddlewareConfigError, MiddlewareConfigTypeError
 from taskiq_flow.storage import BaseStorageAdapter, InMemoryStorageAdapter, StorageError
+from taskiq_flow.storage.kit.spool import DEFAULT_SPOOL_MAX_BYTES
 
 if TYPE_CHECKING:
     from taskiq_flow.middlewares.result_backend import StorageResultBackend
@@ -58,6 +62,16 @@ def check_storage_arguments(storage: object, ttl_seconds: object) -> None:
         )
 
 
+def spool_location(spool: bool, spool_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The spool directory a writer uses: ``None`` without a spool, else absolute.
+
+    The given one, or :func:`~taskiq_flow.middlewares._writer.default_spool_dir`.
+    """
+    if not spool:
+        return None
+    return Path(spool_dir).absolute() if spool_dir is not None else default_spool_dir()
+
+
 def check_number(name: str, value: object) -> None:
     """Raise :class:`MiddlewareConfigTypeError` unless ``value`` is a real number.
 
@@ -80,13 +94,23 @@ class StorageMiddleware(TaskiqMiddleware):
         ttl_seconds: how long records live; ``None`` = the adapter's default TTL.
         store_cache_hits: also store a record when the result came from the cache
             (pipeline steps always are, flagged ``"cached": true``).
-        buffer_size: records kept for retry while the storage is unreachable; past it
-            the oldest are dropped (counted in ``records_dropped`` and logged).
+        buffer_size: records kept **in memory** for retry when the spool cannot take
+            them (full, not writable, an in-memory store); past it the oldest are
+            dropped (counted in ``records_dropped`` and logged).
         retry_interval: first delay before retrying buffered records (doubles on each
             failure up to ``max_retry_interval``).
         max_retry_interval: the longest delay between retries.
         error_log_interval: at most one error log per this many seconds.
-        shutdown_flush_timeout: how long ``shutdown`` keeps trying to flush the buffer.
+        shutdown_flush_timeout: how long ``shutdown`` keeps trying to write records held
+            in memory (records in the spool need no waiting: they stay on disk).
+        spool: keep records the store refuses in a local spool file before the task
+            finishes (default ``True``); ``False`` keeps them in memory only.
+        spool_dir: the spool directory; default ``$TASKIQ_FLOW_STORAGE_SPOOL_DIR``, else
+            ``./.taskiq-flow/spool``. Workers of one store should share it: a worker
+            started later adopts what a killed one left there.
+        spool_max_bytes: the bound of each worker process's spool file (keys plus
+            encoded records, default 256 MiB); past it records are kept in memory
+            (counted in ``spool_overflows``).
 
     Raises:
         MiddlewareConfigError: a bad ``ttl_seconds`` or ``buffer_size`` (a ``ValueError``).
@@ -106,6 +130,9 @@ class StorageMiddleware(TaskiqMiddleware):
         max_retry_interval: float = 30.0,
         error_log_interval: float = 60.0,
         shutdown_flush_timeout: float = 10.0,
+        spool: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
@@ -126,6 +153,8 @@ class StorageMiddleware(TaskiqMiddleware):
             retry_interval=retry_interval,
             max_retry_interval=max_retry_interval,
             error_log_interval=error_log_interval,
+            spool_dir=spool_location(spool, spool_dir),
+            spool_max_bytes=spool_max_bytes,
         )
         # The broker's StorageResultBackend over this same adapter, once seen: records
         # then go through it, written once as the result (see _result_backend()).
@@ -176,8 +205,13 @@ class StorageMiddleware(TaskiqMiddleware):
             # Whatever went wrong, the task's own result must be saved: log and go on.
             logger.exception("StorageMiddleware could not record task %s", message.task_id)
 
+    async def startup(self) -> None:
+        """Adopt spool files that stopped processes left for this store, and write them."""
+        if self.enabled:
+            await self.writer.start()
+
     async def shutdown(self) -> None:
-        """Flush buffered records (bounded by ``shutdown_flush_timeout``), then close the store.
+        """Write what is kept (in memory: up to ``shutdown_flush_timeout``); close the store.
 
         Closing releases connections and threads (an open SQLite connection would keep
         the worker process from exiting); every adapter reconnects on its next use, so
@@ -208,8 +242,15 @@ class StorageMiddleware(TaskiqMiddleware):
     # -- statistics -------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
-        """Counters: records written, write failures, retried, dropped, still buffered."""
-        return {**self.writer.counters, "records_buffered": self.writer.buffered}
+        """Counters: records written, failed, retried, spooled, replayed, dropped, waiting.
+
+        ``records_buffered`` wait for the store, ``records_in_spool`` of them on disk.
+        """
+        return {
+            **self.writer.counters,
+            "records_buffered": self.writer.buffered,
+            "records_in_spool": self.writer.spooled,
+        }
 
     async def flush(self) -> bool:
         """Try to write every buffered record now; ``True`` when the buffer is empty."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "LIVE",
     "MapErrors",
+    "explain",
     "key_query",
     "live_at",
     "open_connection",
@@ -129,13 +131,56 @@ def rollback_then_release(conn: aiosqlite.Connection, lock: asyncio.Lock) -> Non
     task.add_done_callback(_ROLLBACKS.discard)
 
 
+def explain(exc: sqlite3.Error, path: str) -> str:  # noqa: PLR0911 - one answer per cause
+    """SQLite's message about ``path``, with the cause spelled out where it can be told.
+
+    SQLite says "unable to open database file" for a missing directory, a permission
+    problem and a directory in the file's place alike; the file system tells them apart.
+    """
+    text = str(exc)
+    low = text.lower()
+    if path == ":memory:":
+        return text
+    where = os.path.abspath(path)
+    parent = os.path.dirname(where)
+    if "unable to open" in low or "readonly" in low or "read-only" in low:
+        if not os.path.isdir(parent):
+            return (
+                f"{text}: the directory {parent} does not exist (create it first: "
+                "the adapter does not create directories)"
+            )
+        if os.path.isdir(where):
+            return f"{text}: {where} is a directory"
+        if os.path.exists(where) and not os.access(where, os.R_OK | os.W_OK):
+            return f"{text}: permission denied: cannot read and write {where}"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return (
+                f"{text}: permission denied: cannot create files in {parent} (SQLite needs "
+                "it writable for the database and its -wal/-shm files)"
+            )
+    if "not a database" in low or "malformed" in low:
+        return f"{text}: {where} is not a SQLite database (or is damaged)"
+    if "locked" in low or "busy" in low:
+        return (
+            f"{text}: another connection or process holds a lock on {where} "
+            "(waited busy_timeout for it)"
+        )
+    if "disk is full" in low or "disk full" in low:
+        return f"{text}: no space left for {where} (the disk or max_page_count is full)"
+    return text
+
+
 class MapErrors:
-    """Map ``sqlite3`` errors to the storage error tree (a class: cheaper than a generator)."""
+    """Map ``sqlite3`` errors to the storage error tree (a class: cheaper than a generator).
 
-    __slots__ = ("operation",)
+    With ``path``, the message names the database and, where it can, the cause.
+    """
 
-    def __init__(self, operation: str) -> None:
+    __slots__ = ("operation", "path")
+
+    def __init__(self, operation: str, path: str | None = None) -> None:
         self.operation = operation
+        self.path = path
 
     def __enter__(self) -> None:
         return None
@@ -148,11 +193,13 @@ class MapErrors:
     ) -> None:
         if exc is None or isinstance(exc, StorageError):
             return
-        if isinstance(exc, sqlite3.OperationalError):
-            msg = f"SQLite {self.operation} failed: {exc}"
-            raise StorageConnectionError(msg) from exc
         if isinstance(exc, sqlite3.Error):
-            msg = f"SQLite {self.operation} failed: {exc}"
+            if self.path is None:
+                msg = f"SQLite {self.operation} failed: {exc}"
+            else:
+                msg = f"SQLite {self.operation} failed on {self.path}: {explain(exc, self.path)}"
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StorageConnectionError(msg) from exc
             raise StorageError(msg) from exc
 
 
@@ -163,7 +210,7 @@ def live_at(expires: object, now: float) -> bool:
     return isinstance(expires, int | float) and not isinstance(expires, bool) and now < expires
 
 
-async def _enable_wal(conn: aiosqlite.Connection) -> None:
+async def _enable_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> None:
     """Switch the file to WAL, waiting out other connections doing the same.
 
     Changing the journal mode needs an exclusive lock, and SQLite answers ``database is
@@ -173,7 +220,7 @@ async def _enable_wal(conn: aiosqlite.Connection) -> None:
     rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
     if rows and str(rows[0][0]).lower() == "wal":
         return  # WAL is persistent: set once per file, nothing to lock for
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + busy_timeout_ms / 1000
     delay = 0.005
     while True:
         try:
@@ -189,29 +236,32 @@ async def _enable_wal(conn: aiosqlite.Connection) -> None:
             return
 
 
-async def open_connection(path: str, schema: Sequence[str]) -> aiosqlite.Connection:
+async def open_connection(
+    path: str, schema: Sequence[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> aiosqlite.Connection:
     """Open ``path`` in this loop: busy timeout, WAL for files, ``schema`` applied.
 
     Raises:
-        StorageConnectionError: the database cannot be opened or set up.
+        StorageConnectionError: the database cannot be opened or set up; the message
+            names the file and the cause (:func:`explain`).
     """
-    conn = aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn = aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
     # aiosqlite's thread is not a daemon: an adapter nobody closed would keep the
     # interpreter from exiting. Every statement commits on its own (autocommit, WAL),
     # so stopping that thread at exit loses nothing that was acknowledged.
     thread = getattr(conn, "_thread", None)
     if thread is not None and not thread.is_alive():
         thread.daemon = True
-    with MapErrors("connect"):
+    with MapErrors("connect", path):
         try:
             await conn
         except sqlite3.Error:
             await _reap(conn)
             raise
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if path != ":memory:":
-                await _enable_wal(conn)
+                await _enable_wal(conn, busy_timeout_ms)
                 # With WAL, NORMAL loses no committed data on an application crash.
                 await conn.execute("PRAGMA synchronous = NORMAL")
             for statement in schema:

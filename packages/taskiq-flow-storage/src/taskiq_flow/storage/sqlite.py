@@ -19,6 +19,7 @@ from typing import Any
 import aiosqlite
 
 from taskiq_flow.storage._sqlite_support import (
+    BUSY_TIMEOUT_MS,
     LIVE,
     MapErrors,
     key_query,
@@ -29,7 +30,7 @@ from taskiq_flow.storage._sqlite_support import (
 )
 from taskiq_flow.storage.base import BaseStorageAdapter, RawEntry
 from taskiq_flow.storage.codec import decode, encode
-from taskiq_flow.storage.errors import StorageCorruptError
+from taskiq_flow.storage.errors import StorageConfigError, StorageCorruptError
 from taskiq_flow.storage.kit.checks import (
     check_key,
     check_keys,
@@ -85,21 +86,41 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
 
     Args:
         path: A file path, ``":memory:"``, or a ``sqlite:///relative.db`` /
-            ``sqlite:////absolute.db`` URL. The file is created on first use.
+            ``sqlite:////absolute.db`` URL (``sqlite+aiosqlite:///`` too). The file is
+            created on first use; its directory is not (a missing one is an error that
+            names it).
         ttl_seconds: Default TTL for writes that pass none; ``None`` keeps forever.
+        db_url: Another name for ``path`` (the earlier taskiq-flow's keyword); give one.
+        busy_timeout: Seconds a statement waits for another connection's lock before
+            failing with a ``StorageConnectionError`` that says the file is locked.
 
     Raises:
         InvalidStorageURLError: ``path`` is not a path or ``sqlite:`` URL.
+        StorageConfigError: both ``path`` and ``db_url`` given, or a bad ``busy_timeout``.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = ":memory:",
+        path: str | os.PathLike[str] | None = None,
         *,
         ttl_seconds: int | None = None,
+        db_url: str | os.PathLike[str] | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
     ) -> None:
         super().__init__(ttl_seconds)
-        self.path = sqlite_location(path)
+        if path is not None and db_url is not None:
+            msg = "give the database as path or as db_url, not both"
+            raise StorageConfigError(msg)
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, int | float)
+            or not busy_timeout >= 0
+        ):
+            msg = f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}"
+            raise StorageConfigError(msg)
+        location = path if path is not None else db_url
+        self.path = sqlite_location(":memory:" if location is None else location)
+        self.busy_timeout = float(busy_timeout)
         self._conn: aiosqlite.Connection | None = None
         # One connection serves every task; the lock keeps a batch's transaction from
         # swallowing another task's statement (and the connect from running twice).
@@ -110,7 +131,9 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
 
     async def _connect(self) -> aiosqlite.Connection:
         if self._conn is None:
-            self._conn = await open_connection(self.path, _SCHEMA)
+            self._conn = await open_connection(
+                self.path, _SCHEMA, busy_timeout_ms=int(self.busy_timeout * 1000)
+            )
         return self._conn
 
     async def set(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
@@ -121,7 +144,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with MapErrors("set"):
+            with MapErrors("set", self.path):
                 await conn.execute(_UPSERT, (key, blob, now, None if ttl is None else now + ttl))
 
     async def add(self, key: str, value: Any, ttl_seconds: int | None = None) -> bool:
@@ -132,7 +155,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with MapErrors("add"):
+            with MapErrors("add", self.path):
                 cursor = await conn.execute(
                     _ADD, (key, blob, now, None if ttl is None else now + ttl)
                 )
@@ -141,7 +164,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
     async def _read(self, key: str) -> RawEntry | None:
         async with self._lock:
             conn = self._conn or await self._connect()
-            with MapErrors("get"):
+            with MapErrors("get", self.path):
                 rows = list(await conn.execute_fetchall(_SELECT, (key,)))
                 if not rows:
                     return None
@@ -162,7 +185,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         check_key(key)
         async with self._lock:
             conn = self._conn or await self._connect()
-            with MapErrors("exists"):
+            with MapErrors("exists", self.path):
                 return bool(list(await conn.execute_fetchall(_EXISTS, (key, time.time()))))
 
     async def delete(self, key: str) -> bool:
@@ -170,7 +193,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         check_key(key)
         async with self._lock:
             conn = self._conn or await self._connect()
-            with MapErrors("delete"):
+            with MapErrors("delete", self.path):
                 rows = list(await conn.execute_fetchall(_DELETE, (key,)))
         now = time.time()
         return any(live_at(expires, now) for (expires,) in rows)
@@ -181,7 +204,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         sql = f"SELECT key FROM taskiq_flow_storage WHERE {where} ORDER BY key"  # noqa: S608 - fixed fragments
         async with self._lock:
             conn = self._conn or await self._connect()
-            with MapErrors("keys"):
+            with MapErrors("keys", self.path):
                 rows = await conn.execute_fetchall(sql, params)
         return [key for (key,) in rows]
 
@@ -196,7 +219,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         while True:
             async with self._lock:
                 conn = self._conn or await self._connect()
-                with MapErrors("iter_keys"):
+                with MapErrors("iter_keys", self.path):
                     if last is None:
                         rows = list(await conn.execute_fetchall(first, [*params, _PAGE]))
                     else:
@@ -220,7 +243,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
             )
             async with self._lock:
                 conn = self._conn or await self._connect()
-                with MapErrors("get_many"):
+                with MapErrors("get_many", self.path):
                     rows = await conn.execute_fetchall(sql, [*chunk, time.time()])
             for key, blob in rows:
                 if not isinstance(blob, bytes):
@@ -240,7 +263,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         await self._lock.acquire()
         release = True
         try:
-            with MapErrors(operation):
+            with MapErrors(operation, self.path):
                 conn = self._conn or await self._connect()
                 try:
                     # IMMEDIATE takes the write lock up front, so busy_timeout applies.
@@ -294,7 +317,7 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn = self._conn or await self._connect()
             now = time.time()
-            with MapErrors("cleanup"):
+            with MapErrors("cleanup", self.path):
                 if age is None:
                     cursor = await conn.execute(_CLEANUP, (now,))
                 else:
@@ -306,5 +329,5 @@ class SQLiteStorageAdapter(BaseStorageAdapter):
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                with MapErrors("close"):
+                with MapErrors("close", self.path):
                     await conn.close()

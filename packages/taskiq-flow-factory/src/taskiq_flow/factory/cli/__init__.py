@@ -11,9 +11,9 @@ One module per command (``demo``, ``storage``, ``tasks``, ``schedules``, ``cache
 parser and ``main`` in ``_app``.
 """
 
+from taskiq_flow.factory.builder import DEFAULT_SQLITE_PATH
 from taskiq_flow.factory.cli._app import build_parser, main
 from taskiq_flow.factory.cli._common import (
-    DEFAULT_SQLITE_PATH,
     EXIT_BACKEND_ERROR,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from taskiq_flow.config import ConfigError
+from taskiq_flow.factory.builder import DEFAULT_SQLITE_PATH
 from taskiq_flow.factory.cli import cache, config, demo, pipeline, schedules, storage, tasks
 from taskiq_flow.factory.cli._common import (
-    DEFAULT_SQLITE_PATH,
     EXIT_BACKEND_ERROR,
     EXIT_INTERRUPTED,
     EXIT_UNREACHABLE,

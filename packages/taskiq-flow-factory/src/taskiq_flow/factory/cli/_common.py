@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeAlias
@@ -12,11 +11,11 @@ import msgspec
 
 from taskiq_flow.config import CACHE_TYPES, STORAGE_TYPES, TaskiqFlowConfig, mask_url
 from taskiq_flow.factory._progress import Progress
+from taskiq_flow.factory.builder import DEFAULT_SQLITE_PATH
 
 if TYPE_CHECKING:
     from taskiq_flow.storage import BaseStorageAdapter
 
-DEFAULT_SQLITE_PATH: Final = os.path.join(".taskiq-flow", "store.sqlite3")
 EXIT_OK: Final = 0
 EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
@@ -63,7 +62,7 @@ _COMMON_OPTIONS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
     (
         "--storage-type",
         {
-            "choices": STORAGE_TYPES,
+            "choices": (*STORAGE_TYPES, "memory"),
             "help": "storage backend (env TASKIQ_FLOW_STORAGE_TYPE; default auto)",
         },
     ),
@@ -82,7 +81,7 @@ _COMMON_OPTIONS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
     (
         "--cache-type",
         {
-            "choices": CACHE_TYPES,
+            "choices": (*CACHE_TYPES, "memory"),
             "help": "cache backend (env TASKIQ_FLOW_CACHE_TYPE; default auto)",
         },
     ),

@@ -73,9 +73,11 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
         )
         return EXIT_OK
     out.write(f"cache  {describe_cache(config)} (reachable)\n")
+    # Two blanks after the longest name: a long one (creator_errors) never touches its value.
+    width = max((len(key) for key in stats), default=0) + 2
     for key, value in stats.items():
         shown = f"{value:.1%}" if key == "hit_rate" and isinstance(value, float) else value
-        out.write(f"{key:<14}{shown}\n")
+        out.write(f"{key:<{width}}{shown}\n")
     if note:
         sys.stderr.write(f"note: {note}\n")
     return EXIT_OK

@@ -6,8 +6,8 @@ import argparse
 from typing import TextIO
 
 from taskiq_flow.config import TaskiqFlowConfig
+from taskiq_flow.factory.builder import DEFAULT_SQLITE_PATH
 from taskiq_flow.factory.cli._common import (
-    DEFAULT_SQLITE_PATH,
     EXIT_OK,
     Subcommands,
     add_command,
@@ -29,6 +29,7 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         summary="show the settings in effect and where each came from",
         description="Print every setting, its value (passwords masked), its environment "
         "variable and whether it came from a flag, the environment or the default. "
+        "Then the TASKIQ_FLOW_* variables no setting reads, with the closest known name. "
         "Exit code 2 if a variable is invalid.",
     )
 
@@ -48,11 +49,17 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
             source = "cli default"
         rows.append({"name": name, "env_var": item["env_var"], "value": value, "source": source})
     resolved = {"storage": config.resolved_storage_type, "cache": config.resolved_cache_type}
+    unknown = [{"name": name, "did_you_mean": close} for name, close in config.unknown_variables]
     if wants_json(args):
-        print_json(out, {"settings": rows, "resolved": resolved})
+        print_json(out, {"settings": rows, "resolved": resolved, "unknown_variables": unknown})
         return EXIT_OK
     for row in rows:
         out.write(f"{row['env_var']:<34}{row['value']!s:<34}{row['source']}\n")
     out.write(f"\nstorage backend: {describe_storage(config)}\n")
     out.write(f"cache backend:   {describe_cache(config)}\n")
+    if unknown:
+        out.write("\nunknown variables (ignored; TASKIQ_FLOW_STRICT_CONFIG=true refuses them):\n")
+        for item in unknown:
+            hint = f"did you mean {item['did_you_mean']}?" if item["did_you_mean"] else ""
+            out.write(f"  {item['name']:<32}  {hint}".rstrip() + "\n")
     return EXIT_OK

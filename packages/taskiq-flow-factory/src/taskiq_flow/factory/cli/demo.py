@@ -7,9 +7,11 @@ import shlex
 from typing import TYPE_CHECKING, TextIO
 
 from taskiq_flow.config import TaskiqFlowConfig, mask_url
+from taskiq_flow.factory.builder import StorageAdapterFactory
 from taskiq_flow.factory.cli._common import (
     EXIT_BACKEND_ERROR,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CommandError,
     Subcommands,
@@ -35,7 +37,7 @@ def _non_negative_float(text: str) -> float:
     except ValueError:
         value = -1.0
     if value < 0:
-        msg = f"expected a number of seconds >= 0, got {text!r}"
+        msg = f"expected a number of milliseconds >= 0, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -79,14 +81,15 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
     Raises:
         CommandError: ``--distinct`` exceeds ``--tasks``.
     """
-    from taskiq_flow.factory.demo import run_demo  # noqa: PLC0415  (pulls in taskiq)
-
     if args.distinct > args.tasks:
         msg = f"--distinct ({args.distinct}) cannot exceed --tasks ({args.tasks})"
         raise CommandError(msg, EXIT_USAGE)
     path = sqlite_store_file(config)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    await _check_reachable(config)  # before taskiq is even imported: a wrong URL fails fast
+    from taskiq_flow.factory.demo import run_demo  # noqa: PLC0415  (pulls in taskiq)
+
     as_json = wants_json(args)
     if not as_json:
         out.write(
@@ -111,6 +114,42 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
     else:
         _write_report(args, report, out)
     return EXIT_OK if report.results_correct == report.tasks else EXIT_BACKEND_ERROR
+
+
+async def _check_reachable(config: TaskiqFlowConfig) -> None:
+    """Fail at once, saying which backend and why, if the store or the cache does not answer.
+
+    Without it a wrong URL showed only after the workload, and after the records had
+    waited for the store at shutdown.
+
+    Raises:
+        CommandError: a backend is unreachable (exit code 3).
+    """
+    from taskiq_flow.cache import CacheConnectionError  # noqa: PLC0415
+    from taskiq_flow.storage import StorageConnectionError  # noqa: PLC0415
+
+    storage = StorageAdapterFactory.create_storage_adapter(config)
+    try:
+        await storage.exists("taskiq-flow-cli:reachability-probe")
+    except StorageConnectionError as exc:
+        msg = (
+            f"storage {describe_storage(config)} is unreachable: {exc}. Start it, or "
+            "point TASKIQ_FLOW_STORAGE_REDIS_URL / --storage-redis-url at a running server"
+        )
+        raise CommandError(msg, EXIT_UNREACHABLE) from exc
+    finally:
+        await storage.close()
+    cache = StorageAdapterFactory.create_cache_adapter(config)
+    try:
+        await cache.get("taskiq-flow-cli:reachability-probe")
+    except CacheConnectionError as exc:
+        msg = (
+            f"cache {describe_cache(config)} is unreachable: {exc}. Start it, or point "
+            "TASKIQ_FLOW_CACHE_REDIS_URL / --cache-redis-url at a running server"
+        )
+        raise CommandError(msg, EXIT_UNREACHABLE) from exc
+    finally:
+        await cache.close()
 
 
 def _write_report(args: argparse.Namespace, report: DemoReport, out: TextIO) -> None:

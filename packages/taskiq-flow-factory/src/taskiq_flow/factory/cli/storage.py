@@ -49,7 +49,8 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "keys",
         summary="list keys matching a glob pattern (sorted)",
         description="List live keys matching PATTERN, a Redis-style glob "
-        "(* ? [a-z] [^a] \\ escapes), one per line, sorted. Exit code 1 when none match.",
+        "(* ? [a-z] [^a] \\ escapes), one per line, sorted. When none match: a line on "
+        "stderr saying so, and exit code 1.",
     )
     keys.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
     keys.add_argument("--limit", type=positive_int, default=None, help="print at most N keys")
@@ -137,6 +138,9 @@ async def _storage_keys(
         out.writelines(f"{key}\n" for key in shown)
         if len(shown) < len(found):
             sys.stderr.write(f"({len(found) - len(shown)} more; raise --limit)\n")
+        elif not found:
+            # Exit code 1 says "nothing matched" to scripts; a person gets a sentence.
+            sys.stderr.write(f"taskiq-flow: no key matches {args.pattern!r}\n")
     return EXIT_OK if found else EXIT_NOT_FOUND
 
 
