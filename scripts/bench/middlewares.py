@@ -16,6 +16,10 @@ does nothing; all-miss of a task doing 1 ms of CPU work; and, for a task that sl
 (``sys.settrace``): a figure that machine noise cannot move, for comparing changes.
 
     uv run python scripts/bench/middlewares.py [--tasks 500] [--repeat 21] [--opcodes] [--json]
+        [--metrics on|off]
+
+``--metrics off`` builds the stack with ``metrics=False`` (Prometheus metrics and span
+attributes off; they are on by default when prometheus-client is installed).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import _reference  # a sibling module of this script, found through sys.path
 
 # -- the benchmark ------------------------------------------------------------------------
 
+METRICS = {"on": True}
+
 
 def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, dict[str, Any]]:
     """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"lean"`` or ``"floor"``.
@@ -51,7 +57,7 @@ def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, dict[str, Any]]:
     broker = InMemoryBroker(await_inplace=True, max_stored_results=n * 4)
     if kind == "stack":
         broker.add_middlewares(
-            CacheMiddleware(InMemoryCacheAdapter(max_entries=n * 4)),
+            CacheMiddleware(InMemoryCacheAdapter(max_entries=n * 4), metrics=METRICS["on"]),
             StorageMiddleware(InMemoryStorageAdapter(max_entries=n * 4)),
         )
 
@@ -150,8 +156,10 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--opcodes", action="store_true", help="also count opcodes per task")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--metrics", choices=["on", "off"], default="on")
     args = parser.parse_args()
     n, repeat = args.tasks, args.repeat
+    METRICS["on"] = args.metrics == "on"
 
     miss = await compare(False, n, repeat, ["bare", "stack", "lean", "floor"])
     hit = await compare(True, n, repeat, ["bare", "stack"])

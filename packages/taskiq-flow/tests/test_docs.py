@@ -39,6 +39,7 @@ PAGES = [
     "cli.md",
     "architecture.md",
     "comparison.md",
+    "cache-control.md",
 ]
 READMES = [
     ROOT / "packages" / "taskiq-flow" / "README.md",

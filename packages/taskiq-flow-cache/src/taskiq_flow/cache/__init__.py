@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from taskiq_flow.cache.backend import Expiring
 from taskiq_flow.cache.base import BaseCacheAdapter, CacheLookup
 from taskiq_flow.cache.errors import (
     CacheBackendError,
@@ -36,6 +37,7 @@ __all__ = [
     "CacheLookup",
     "CacheSerializationError",
     "CacheValueError",
+    "Expiring",
     "InMemoryCacheAdapter",
     "RedisCacheAdapter",
 ]

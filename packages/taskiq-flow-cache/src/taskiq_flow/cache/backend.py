@@ -11,11 +11,27 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Creator", "LeaseResult", "LockBackend", "call_creator"]
+__all__ = ["Creator", "Expiring", "LeaseResult", "LockBackend", "call_creator"]
 
 
 Creator = Callable[[], Any] | Callable[[], Awaitable[Any]]
 """A zero-argument callable producing the value: sync (run in a thread) or async."""
+
+
+class Expiring:
+    """A creator's value with its own TTL: ``return Expiring(value, 60)`` from a creator.
+
+    ``get_or_create`` and ``refresh`` store ``value`` (and return it) for ``ttl_seconds``
+    instead of the TTL the call was given: a creator can keep, say, an error marker for
+    less time than a real answer. The TTL is checked when the entry is stored (a bad
+    one raises ``CacheValueError`` there).
+    """
+
+    __slots__ = ("ttl_seconds", "value")
+
+    def __init__(self, value: Any, ttl_seconds: int) -> None:
+        self.value = value
+        self.ttl_seconds = ttl_seconds
 
 
 class LeaseResult(NamedTuple):

@@ -235,6 +235,32 @@ class BaseCacheAdapter(AsyncClosing, ABC):
         fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
         return self._lock.get_or_create(key, creator, ttl, stale, fallback, lease_token)
 
+    async def refresh(
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None = None,
+        *,
+        stale_ttl: int | None = None,
+        fallback_on_error: bool | None = None,
+    ) -> Any:
+        """Run ``creator`` and store its value under ``key``, even over a fresh entry.
+
+        A forced refresh under the same lock as :meth:`get_or_create`: callers refreshing
+        (or creating) ``key`` at the same time, in any process sharing the backend, run
+        ``creator`` once and all get its value. The TTL starts again. Arguments and
+        errors as :meth:`get_or_create`.
+        """
+        if type(key) is not str or not key or not key.isascii():
+            check_cache_key(key)
+        ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
+        stale = self.default_stale_ttl if stale_ttl is None else check_cache_ttl(stale_ttl)
+        if stale is not None and ttl is None:
+            msg = "stale_ttl needs a TTL: pass ttl_seconds or set default_ttl"
+            raise CacheValueError(msg)
+        fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
+        return await self._lock.refresh(key, creator, ttl, stale, fallback)
+
     # -- asking without creating (answer at send) -------------------------------------------
 
     @property

@@ -46,14 +46,16 @@ from inspect import CO_COROUTINE
 from types import FunctionType
 from typing import Any, NamedTuple
 
-from taskiq_flow.cache.backend import Creator, LeaseResult, LockBackend, call_creator
+from taskiq_flow.cache.backend import Creator, Expiring, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import decode_entry, encode_entry
 from taskiq_flow.cache.errors import (
     CacheBackendError,
     CacheConnectionError,
     CacheLockTimeout,
+    CacheValueError,
 )
 from taskiq_flow.cache.stats import CacheStats
+from taskiq_flow.storage.kit.checks import check_ttl
 
 __all__ = ["Creator", "DogpileLock", "LeaseResult", "LockBackend", "call_creator"]
 
@@ -207,6 +209,55 @@ class DogpileLock:
             joined.set_result(value)  # someone joined while we were creating
         return value
 
+    async def refresh(
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None,
+        stale_ttl: int | None,
+        fallback_on_error: bool,
+    ) -> Any:
+        """Create ``key`` anew even if its entry is fresh; concurrent refreshes run once.
+
+        The value read first is treated as absent: the caller takes the lease (or joins
+        this process's creation of ``key``) and overwrites it. A caller that finds the
+        lease taken waits for the holder and returns the value it committed, as on a miss.
+        """
+        flights = self._flights
+        if key in flights:
+            return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
+        request = _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
+        try:
+            seen = await self._backend._read_raw(key)
+        except _BACKEND_ERRORS:
+            if not fallback_on_error:
+                raise
+            return await self._uncached(request)
+        if key in flights:  # a creation started while we read
+            return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
+        self._stats.misses += 1
+        flights[key] = _PENDING
+        try:
+            lease_seconds = self._backend._lease_seconds
+            if lease_seconds is None:
+                value = await self._create(request, "", None)
+            else:
+                value = await self._fill(request, None, seen, lease_seconds)
+        except Exception as exc:
+            joined = flights.pop(key, None)
+            if isinstance(joined, asyncio.Future):
+                _settle(joined, exc)
+            raise
+        except BaseException:
+            joined = flights.pop(key, None)
+            if isinstance(joined, asyncio.Future):
+                _settle(joined, _LeaderGone())
+            raise
+        joined = flights.pop(key, None)
+        if isinstance(joined, asyncio.Future):
+            joined.set_result(value)
+        return value
+
     # -- miss: joining a flight; the lease ---------------------------------------------
 
     async def _join(  # noqa: PLR0917 - get_or_create's arguments, passed on
@@ -345,6 +396,8 @@ class DogpileLock:
                 value = await creator()
             else:
                 value = await call_creator(creator)
+            if type(value) is Expiring:
+                value, ttl_seconds = value.value, _expiring_ttl(value.ttl_seconds)
             soft_expiry = None
             if stale_ttl is not None and ttl_seconds is not None:
                 soft_expiry = time.time() + ttl_seconds
@@ -467,6 +520,10 @@ class DogpileLock:
         except Exception:
             self._stats.creator_errors += 1
             raise
+
+
+def _expiring_ttl(ttl: object) -> int | None:
+    return check_ttl(ttl, "Expiring.ttl_seconds", CacheValueError.about)
 
 
 def _settle(flight: asyncio.Future[Any], exc: BaseException) -> None:

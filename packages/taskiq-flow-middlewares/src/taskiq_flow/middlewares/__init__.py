@@ -9,6 +9,7 @@ nothing else is needed (no custom receiver, no CLI flag). For one store, also
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from taskiq_flow.middlewares._keys import cache_key_for
 from taskiq_flow.middlewares.cache import CacheMiddleware
 from taskiq_flow.middlewares.errors import (
     CachedTaskError,
@@ -84,6 +85,7 @@ __all__ = [
     "StorageResultBackend",
     "StorageScheduleSource",
     "StoredTaskError",
+    "cache_key_for",
     "pipeline_task",
     "record_key",
 ]

@@ -143,12 +143,7 @@ class SendGate:
         """Decide what the coming ``kick`` does with ``message``; never raises."""
         if _HELD.get() is not None:
             _HELD.set(None)
-        labels = message.labels
-        if (
-            labels
-            and _labels.LABEL_CACHE_AT_SEND in labels
-            and not _labels.parse_bool(message, _labels.LABEL_CACHE_AT_SEND, default=True)
-        ):
+        if not self._may_answer(message):
             return
         if self._down_until and time.monotonic() < self._down_until:
             return
@@ -172,6 +167,25 @@ class SendGate:
             self._cache_failed(call.key)
             return
         self._plan(message, call, found)
+
+    def _may_answer(self, message: TaskiqMessage) -> bool:
+        """Whether the gate may answer ``message`` (not ``cache_at_send="false"``, no refresh).
+
+        A refresh (``cache_refresh="true"``, ``TASKIQ_FLOW_CACHE_REFRESH``) must run: it
+        is never answered, joined or claimed here.
+        """
+        if self._mw.refresh_all:
+            return False
+        labels = message.labels
+        if not labels:
+            return True
+        if _labels.LABEL_CACHE_AT_SEND in labels and not _labels.parse_bool(
+            message, _labels.LABEL_CACHE_AT_SEND, default=True
+        ):
+            return False
+        return _labels.LABEL_CACHE_REFRESH not in labels or not _labels.parse_bool(
+            message, _labels.LABEL_CACHE_REFRESH, default=False
+        )
 
     def _plan(self, message: TaskiqMessage, call: CacheCall, found: Any) -> None:
         mw = self._mw
@@ -228,6 +242,8 @@ class SendGate:
         assert held.cached is not None  # noqa: S101 - set with the action
         if not await self._answers.answer(message, held.call, held.cached):
             await send(wire)
+        elif self._mw._metrics is not None:
+            self._mw._metrics.cache_request(message.task_name, "at_send", held.call.key)
         if held.action == _STALE:
             await self._refresh(held, wire, send)
 
@@ -325,6 +341,8 @@ class SendGate:
             message, wire, call, send = watch.held.pop(0)
             if not await self._answers.answer(message, call, cached):
                 await _send_quietly(send, wire)
+            elif self._mw._metrics is not None:
+                self._mw._metrics.cache_request(message.task_name, "at_send", call.key)
 
     async def _send_held(self, watch: _Watch) -> None:
         while watch.held:

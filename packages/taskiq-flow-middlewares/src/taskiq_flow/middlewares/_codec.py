@@ -240,13 +240,17 @@ class Binder:
         # positionally (the usual message) binds with one zip.
         self.plain = self.simple and not self.skip and len(self.names) == len(params)
 
-    def digest(self, args: list[Any], kwargs: dict[str, Any]) -> str:
-        """Stable digest of one call's arguments (see :func:`cache_key_digest`)."""
+    def digest(self, args: list[Any], kwargs: dict[str, Any], version: bytes = b"") -> str:
+        """Stable digest of one call's arguments (see :func:`cache_key_digest`).
+
+        ``version``: BLAKE2b's key (up to 64 bytes); ``b""``, the default, is no key at
+        all, so unversioned digests are those of every earlier release.
+        """
         try:
             encoded = _KEY_ENCODER.encode(self.canonical(args, kwargs))
         except _ENCODE_ERRORS as exc:
             raise Unencodable(str(exc)) from exc
-        return blake2b(encoded, digest_size=16, person=KEY_FORMAT).hexdigest()
+        return blake2b(encoded, digest_size=16, person=KEY_FORMAT, key=version).hexdigest()
 
     def canonical(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """One value per call, equal for every way of writing the same call.

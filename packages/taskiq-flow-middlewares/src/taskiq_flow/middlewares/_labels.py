@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,17 +25,32 @@ LABEL_CACHE_KEY = "cache_key"
 LABEL_CACHE_HIT = "cache_hit"
 LABEL_CACHE_AT_SEND = "cache_at_send"
 LABEL_CACHE_LEASE = "cache_lease"
+LABEL_CACHE_REFRESH = "cache_refresh"
+LABEL_CACHE_ERRORS_TTL = "cache_errors_ttl"
+LABEL_CACHE_VERSION = "cache_version"
 LABEL_CACHE_ANSWERED = "cache_answered"
 LABEL_PIPELINE_ID = "pipeline_id"
 
 OUR_LABELS = frozenset(
-    {LABEL_CACHE, LABEL_CACHE_TTL, LABEL_CACHE_ERRORS, LABEL_CACHE_KEY, LABEL_CACHE_LEASE}
+    {
+        LABEL_CACHE,
+        LABEL_CACHE_TTL,
+        LABEL_CACHE_ERRORS,
+        LABEL_CACHE_KEY,
+        LABEL_CACHE_LEASE,
+        LABEL_CACHE_REFRESH,
+        LABEL_CACHE_VERSION,
+        LABEL_CACHE_ERRORS_TTL,
+    }
 )
 """The labels CacheMiddleware reads: a message with none of them takes the defaults.
 
 ``cache_lease`` is set by the producer that claimed the call's lease at send (see
 :mod:`taskiq_flow.middlewares._at_send`); ``cache_at_send`` is read by the producer only;
 ``cache_answered="send"`` marks a result answered at send (with ``cache_hit``)."""
+
+ENV_CACHE_REFRESH = "TASKIQ_FLOW_CACHE_REFRESH"
+"""Set to ``true`` in a process: every call it runs or sends refreshes its entry."""
 
 MAX_TTL = 10 * 365 * 24 * 3600
 """Ten years: anything longer is a typo, and Redis rejects PX values past 2**63 ms."""
@@ -64,6 +80,21 @@ def parse_bool(message: TaskiqMessage, label: str, default: bool) -> bool:
         default,
     )
     return default
+
+
+def refresh_from_env() -> bool:
+    """Whether ``TASKIQ_FLOW_CACHE_REFRESH`` asks this process to refresh every call.
+
+    Raises:
+        ValueError: a value that is not a boolean word (``true``/``false``, ``1``/``0``...);
+            its message is the value's ``repr``.
+    """
+    raw = os.environ.get(ENV_CACHE_REFRESH, "").strip().lower()
+    if not raw or raw in _FALSE:
+        return False
+    if raw in _TRUE:
+        return True
+    raise ValueError(repr(raw))
 
 
 def parse_ttl(message: TaskiqMessage, default: int) -> int:

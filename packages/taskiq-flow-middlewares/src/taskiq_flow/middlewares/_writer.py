@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.storage import (
     BaseStorageAdapter,
@@ -35,6 +35,9 @@ from taskiq_flow.storage import (
 )
 from taskiq_flow.storage.kit.ratelog import OutageLog
 from taskiq_flow.storage.kit.spool import SPOOL_SUPPORTED, Spool
+
+if TYPE_CHECKING:
+    from taskiq_flow.middlewares._metrics import Recorder
 
 __all__ = ["SPOOL_DIR_ENV", "RecordWriter", "default_spool_dir", "store_identity"]
 
@@ -86,6 +89,8 @@ class RecordWriter:
         error_log_interval: at most one error log per this many seconds.
         spool_dir: the spool directory; ``None`` = no spool (memory only).
         spool_max_bytes: the bound of this process's spool file.
+        metrics: the process's metrics :class:`~taskiq_flow.middlewares._metrics.Recorder`
+            (``None``: none; one check per write).
     """
 
     def __init__(
@@ -99,8 +104,10 @@ class RecordWriter:
         error_log_interval: float,
         spool_dir: Path | None = None,
         spool_max_bytes: int = 256 * 1024 * 1024,
+        metrics: Recorder | None = None,
     ) -> None:
         self.storage = storage
+        self.metrics = metrics
         self.ttl_seconds = ttl_seconds
         self.buffer_size = buffer_size
         self.retry_interval = retry_interval
@@ -157,6 +164,7 @@ class RecordWriter:
                 )
             self._adopted.append(spool)
         if found:
+            self._report_buffered()
             self._start_flusher()
 
     async def write(self, key: str, value: Any, extra: dict[str, Any] | None = None) -> bool:
@@ -167,10 +175,14 @@ class RecordWriter:
             takes it) or dropped (never raises a storage error).
         """
         items = {key: value, **extra} if extra else {key: value}
+        metrics = self.metrics
         if self._memory or self.spooled:
             # Storage is known to be failing: keep order, let the flusher retry.
             await self._keep(items)
+            if metrics is not None:
+                metrics.storage_record(written=False)
             return False
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             if extra:
                 await self.storage.set_many(items, ttl_seconds=self.ttl_seconds)
@@ -179,14 +191,26 @@ class RecordWriter:
         except StorageSerializationError:
             # No retry can store what cannot be encoded: count it, say so, keep going.
             self.counters["records_dropped"] += 1
+            if metrics is not None:
+                metrics.storage_write_time(time.perf_counter() - started)
+                metrics.storage_write("dropped")
+                metrics.storage_record(written=False)
             logger.exception("taskiq-flow: the record %s cannot be encoded; dropped", key)
             return False
         except StorageError as exc:
             self.counters["write_failures"] += 1
+            if metrics is not None:
+                metrics.storage_write_time(time.perf_counter() - started)
             await self._keep(items)
+            if metrics is not None:
+                metrics.storage_failure(exc, len(items))
+                metrics.storage_record(written=False)
             self.log_failure(exc)
             return False
         self.counters["records_written"] += 1
+        if metrics is not None:
+            # The buffer was empty and stays so: the gauge needs no update here.
+            metrics.storage_written(time.perf_counter() - started)
         return True
 
     async def flush(self) -> bool:
@@ -214,6 +238,7 @@ class RecordWriter:
         for spool in self._spools():
             await spool.release()
         self._spool, self._adopted = None, []
+        self._report_buffered()
         if left:
             logger.warning(
                 "taskiq-flow: storage unreachable at shutdown: %d record(s) stay in the "
@@ -250,11 +275,21 @@ class RecordWriter:
                 return
             for key in batch:
                 del self._memory[key]
+        self._report_buffered()
 
     async def _keep(self, items: dict[str, Any]) -> None:
-        if not await self._to_spool(items):
+        if await self._to_spool(items):
+            if self.metrics is not None:
+                self.metrics.storage_write("spooled", len(items))
+        else:
             self._enqueue(items)
+        self._report_buffered()
         self._start_flusher()
+
+    def _report_buffered(self) -> None:
+        """Set the buffer gauge to what this writer keeps now (metrics on)."""
+        if self.metrics is not None:
+            self.metrics.storage_buffered(self, self.buffered)
 
     async def _to_spool(self, items: dict[str, Any]) -> bool:
         """Append ``items`` to this process's spool; ``False`` if it cannot take them."""
@@ -290,9 +325,13 @@ class RecordWriter:
         for name, item in items.items():
             self._memory[name] = item
             self._memory.move_to_end(name)
+        if self.metrics is not None:
+            self.metrics.storage_write("buffered", len(items))
         while len(self._memory) > self.buffer_size:
             dropped, _ = self._memory.popitem(last=False)
             self.counters["records_dropped"] += 1
+            if self.metrics is not None:
+                self.metrics.storage_write("dropped")
             logger.error("taskiq-flow record buffer full: dropped the record %s", dropped)
 
     def _start_flusher(self) -> None:
@@ -323,13 +362,29 @@ class RecordWriter:
                     return await self._flush_spool(spool)
         except StorageError as exc:
             self.counters["write_failures"] += 1
+            if self.metrics is not None:
+                self.metrics.storage_failure(exc, self.buffered)
             self.log_failure(exc)
             return False
+        finally:
+            self._report_buffered()
         return True
+
+    async def _set_many(self, batch: dict[str, Any], ttl_seconds: int | None) -> None:
+        """One store call of a flush, timed when metrics are on."""
+        metrics = self.metrics
+        if metrics is None:
+            await self.storage.set_many(batch, ttl_seconds=ttl_seconds)
+            return
+        started = time.perf_counter()
+        try:
+            await self.storage.set_many(batch, ttl_seconds=ttl_seconds)
+        finally:
+            metrics.storage_write_time(time.perf_counter() - started)
 
     async def _flush_memory(self) -> bool:
         batch = dict(itertools.islice(self._memory.items(), _FLUSH_BATCH))
-        await self.storage.set_many(batch, ttl_seconds=self.ttl_seconds)
+        await self._set_many(batch, self.ttl_seconds)
         for key, record in batch.items():
             # A newer record may have replaced it while we were writing.
             if self._memory.get(key) is record:
@@ -344,7 +399,7 @@ class RecordWriter:
             for item in items:
                 by_ttl.setdefault(item.ttl_seconds, {})[item.key] = item.value
             for ttl, batch in by_ttl.items():
-                await self.storage.set_many(batch, ttl_seconds=ttl)
+                await self._set_many(batch, ttl)
             await spool.remove_through(items[-1].seq)
         if spool is not self._spool and spool.count == 0:
             await spool.release()  # an adopted file, all written: removed
@@ -355,6 +410,8 @@ class RecordWriter:
     def _written(self, count: int, *, replayed: bool) -> None:
         self.counters["records_written"] += count
         self.counters["records_retried" if not replayed else "records_replayed"] += count
+        if self.metrics is not None:
+            self.metrics.storage_write("ok", count)
         if not self._memory and not self.spooled:
             self.outage.success("storage is back; every record kept for retry is written")
 

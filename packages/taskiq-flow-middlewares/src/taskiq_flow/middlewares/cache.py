@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from taskiq import TaskiqMessage, TaskiqMiddleware
 from taskiq.abc.broker import AsyncBroker
@@ -29,9 +29,15 @@ from taskiq_flow.cache import (
     CacheValueError,
     InMemoryCacheAdapter,
 )
-from taskiq_flow.cache.base import check_cache_key
-from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares import (
+    _codec,
+    _labels,
+    _metrics,
+    _policy,
+    _versions,
+)
 from taskiq_flow.middlewares._at_send import SendGate
+from taskiq_flow.middlewares._keys import call_key
 from taskiq_flow.middlewares._wrapping import (
     CURRENT,
     MISSING,
@@ -57,6 +63,10 @@ class _Uncacheable(Exception):
         self.value = value
 
 
+class _Declined(_Uncacheable):
+    """``cache_if`` said no to the value: return it, cache nothing, warn nobody."""
+
+
 class CacheMiddleware(TaskiqMiddleware):
     """Cache task results so that a repeated call is answered without running the task.
 
@@ -70,10 +80,22 @@ class CacheMiddleware(TaskiqMiddleware):
             identical call in flight, sending nothing to the broker (the
             ``cache_at_send="false"`` label turns it off per call). See
             ``docs/middlewares.md``, "Answered at send".
+        metrics: export Prometheus metrics and OpenTelemetry span attributes when
+            ``prometheus-client`` / ``opentelemetry-api`` are installed (the
+            ``[prometheus]`` / ``[otel]`` extras); ``False`` turns both off. See
+            ``docs/middlewares.md``, "Monitoring".
+        cache_if: ``value -> bool``; a value it refuses is returned but not cached
+            (default: every value is cached).
+        errors_ttl: seconds a cached error stays (default: the call's TTL; the
+            ``cache_errors_ttl`` label overrides).
+        key_version: ``"source"`` puts a digest of each task's code (bytecode,
+            constants, names, defaults, closure values) in its keys: a changed task
+            misses, an unchanged one keeps its entries across restarts.
 
     Labels (at declaration, with ``kicker().with_labels(...)``, or
     ``task.kiq(..., labels={...})``): ``cache_ttl``, ``cache_errors``, ``cache``
-    (``"false"`` = bypass), ``cache_key`` (an explicit key), ``cache_at_send``
+    (``"false"`` = bypass), ``cache_key`` (an explicit key), ``cache_version``, ``cache_refresh``,
+    ``cache_errors_ttl``, ``cache_at_send``
     (``"false"`` = always send). Results answered from the cache carry the label
     ``cache_hit="true"`` (and ``cache_answered="send"`` when answered at ``kiq()``).
 
@@ -90,6 +112,10 @@ class CacheMiddleware(TaskiqMiddleware):
         *,
         cache_errors: bool = False,
         answer_at_send: bool = True,
+        cache_if: Callable[[Any], bool] | None = None,
+        errors_ttl: int | None = None,
+        key_version: Literal["source"] | None = None,
+        metrics: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl < 0:
@@ -106,7 +132,17 @@ class CacheMiddleware(TaskiqMiddleware):
         self.default_ttl = default_ttl
         self.enabled = enabled
         self.cache_errors = cache_errors
+        self.cache_if, self.errors_ttl = _policy.check_options(cache_if, errors_ttl)
+        if key_version not in {None, "source"}:
+            raise MiddlewareConfigError(
+                name="key_version", expected="None or 'source'", got=repr(key_version)
+            )
+        self.key_version = key_version
+        # task name -> its source version (key_version="source"), filled by _learn.
+        self._sources: dict[str, str] = {}
         self.answer_at_send = answer_at_send
+        # None (metrics off, or neither extra installed) costs each hook one check.
+        self._metrics = _metrics.recorder() if metrics else None
         self._counters = {
             "hits": 0,
             "executions": 0,
@@ -114,6 +150,7 @@ class CacheMiddleware(TaskiqMiddleware):
             "uncacheable_args": 0,
             "uncacheable_keys": 0,
             "uncacheable_results": 0,
+            "declined_results": 0,
             "cache_failures": 0,
             "lock_timeouts": 0,
             "answered_at_send": 0,
@@ -126,6 +163,14 @@ class CacheMiddleware(TaskiqMiddleware):
         self._warned_tasks: set[str] = set()
         # Bound once, handed to every decision (a bound method per message costs more).
         self._resolve_call = self._resolve
+        self._refresh_call = functools.partial(self._resolve, refresh=True)
+        try:
+            # TASKIQ_FLOW_CACHE_REFRESH=true: every call of this process refreshes.
+            self.refresh_all = _labels.refresh_from_env()
+        except ValueError as exc:
+            raise MiddlewareConfigError(
+                name=_labels.ENV_CACHE_REFRESH, expected="true or false", got=str(exc)
+            ) from exc
         # task name -> (task, its wrapper, the original function, its argument binder)
         self._known: dict[str, tuple[Any, Callable[..., Any], Callable[..., Any], Any]] = {}
         self._gate = SendGate(self)
@@ -198,6 +243,8 @@ class CacheMiddleware(TaskiqMiddleware):
         decision = self._decide(message, known[3])
         if decision is None:
             self._counters["bypassed"] += 1
+            if self._metrics is not None:
+                self._metrics.cache_request(task_name, "bypass")
         CURRENT.set(decision)
         return message
 
@@ -227,8 +274,8 @@ class CacheMiddleware(TaskiqMiddleware):
         if not self.enabled:
             return None
         ttl, cache_errors = self.default_ttl, self.cache_errors
-        explicit = None
         resolve = self._resolve_call
+        refresh = self.refresh_all
         labels = message.labels
         # Most messages carry none of our labels: the defaults and the digest key.
         if labels and not _labels.OUR_LABELS.isdisjoint(labels):
@@ -238,40 +285,33 @@ class CacheMiddleware(TaskiqMiddleware):
             cache_errors = _labels.parse_bool(
                 message, _labels.LABEL_CACHE_ERRORS, default=self.cache_errors
             )
-            explicit = labels.get(_labels.LABEL_CACHE_KEY)
             lease = labels.pop(_labels.LABEL_CACHE_LEASE, None)
             if lease is not None:
                 # The producer claimed this call's lease at send: adopt it (no wait).
                 resolve = functools.partial(self._resolve, lease_token=str(lease))
+            refresh = _labels.parse_bool(message, _labels.LABEL_CACHE_REFRESH, default=refresh)
         if ttl == 0:
             return None
-        if explicit is not None and (explicit := str(explicit)):
-            # Backends store keys as UTF-8, which a lone surrogate cannot be. Checked here,
-            # where it is a bypass decision, and only for explicit keys (digests are hex).
-            if not explicit.isascii():
-                try:
-                    check_cache_key(explicit)
-                except CacheKeyError as problem:
-                    self._count_and_warn_once(
-                        "uncacheable_keys" if count else "",
-                        message.task_name,
-                        "Task %s runs uncached: its cache_key label is not a usable key (%s).",
-                        problem,
-                    )
-                    return None
-            key = f"{message.task_name}:key:{explicit}"
-        else:
-            try:
-                digest = binder.digest(message.args, message.kwargs)
-            except _codec.Unencodable as exc:
-                self._count_and_warn_once(
-                    "uncacheable_args" if count else "",
-                    message.task_name,
-                    "Task %s runs uncached: its arguments cannot be encoded (%s).",
-                    exc,
-                )
-                return None
-            key = f"{message.task_name}:{digest}"
+        if refresh:
+            resolve = self._refresh_call
+        try:
+            key = call_key(message, binder, self._sources.get(message.task_name))
+        except CacheKeyError as problem:
+            self._count_and_warn_once(
+                "uncacheable_keys" if count else "",
+                message.task_name,
+                "Task %s runs uncached: its cache_key or cache_version label is unusable (%s).",
+                problem,
+            )
+            return None
+        except _codec.Unencodable as exc:
+            self._count_and_warn_once(
+                "uncacheable_args" if count else "",
+                message.task_name,
+                "Task %s runs uncached: its arguments cannot be encoded (%s).",
+                exc,
+            )
+            return None
         loop = asyncio.get_running_loop()
         return CacheCall(resolve, message, key, ttl, cache_errors, loop)
 
@@ -298,10 +338,12 @@ class CacheMiddleware(TaskiqMiddleware):
         wrapper = task.original_func
         func = original(wrapper)
         known = (task, wrapper, func, _codec.binder(func))
+        if self.key_version == "source":
+            self._sources[task.task_name] = _versions.source_version(func)
         self._known[task.task_name] = known
         return known
 
-    async def _resolve(  # noqa: PLR0912, PLR0917 - the whole cache dance, one frame
+    async def _resolve(  # noqa: PLR0912, PLR0915, PLR0917 - the whole cache dance, one frame
         self,
         call: CacheCall,
         func: Callable[..., Any],
@@ -309,29 +351,37 @@ class CacheMiddleware(TaskiqMiddleware):
         kwargs: dict[str, Any],
         run: Callable[[], Awaitable[Any]] | None = None,
         lease_token: str | None = None,
+        refresh: bool = False,
     ) -> Any:
         """Answer ``call`` from the cache, or run it (once across workers) and cache it.
 
         ``run`` runs the function where it must run (a sync task: in its thread);
         ``None`` awaits ``func(*args, **kwargs)`` right here (an async task).
         ``lease_token``: the lease its producer claimed at send, adopted here.
+        ``refresh``: run it and overwrite the entry even if fresh (``cache_refresh``).
         """
         # What this call's own execution produced, if the cache elected it as creator:
         # the caller gets the original object (or exception), not a decoded copy.
         produced: Any = MISSING
         failed: Exception | None = None
 
-        async def creator() -> bytes:
+        async def creator() -> Any:
             nonlocal produced, failed
             self._counters["executions"] += 1
+            if self._metrics is not None:
+                self._metrics.cache_request(call.message.task_name, "miss", call.key)
             try:
                 value = await (func(*args, **kwargs) if run is None else run())
             except Exception as exc:
                 failed = exc
+                if self._metrics is not None:
+                    self._metrics.cache_creator_error(call.message.task_name)
                 if not call.cache_errors:
                     raise
-                return _codec.encode_error_payload(exc)
+                return _policy.error_entry(call.message, exc, self.errors_ttl)
             produced = value
+            if self.cache_if is not None and not _policy.keeps(self.cache_if, value, call.key):
+                raise _Declined(value, "cache_if")
             try:
                 return _codec.encode_value_payload(value)
             except _codec.Unencodable as exc:
@@ -340,8 +390,12 @@ class CacheMiddleware(TaskiqMiddleware):
         while True:
             try:
                 # stale_ttl left out: None means the adapter's own default_stale_ttl.
-                payload = await self._get_or_create(
-                    call.key, creator, call.ttl, fallback_on_error=True, lease_token=lease_token
+                payload = await (
+                    self.cache.refresh(call.key, creator, call.ttl, fallback_on_error=True)
+                    if refresh
+                    else self._get_or_create(
+                        call.key, creator, call.ttl, fallback_on_error=True, lease_token=lease_token
+                    )
                 )
                 break
             except CacheLockTimeout:
@@ -353,11 +407,16 @@ class CacheMiddleware(TaskiqMiddleware):
                 # renewed, or we would have taken over): running it here too is exactly
                 # what the lock is for. Keep waiting; taskiq's timeout label bounds it.
                 self._counters["lock_timeouts"] += 1
+                if self._metrics is not None:
+                    self._metrics.cache_lock_timeout(call.message.task_name, call.key)
                 logger.info(
                     "Task %s still waits for another worker computing %s.",
                     call.message.task_name,
                     call.key,
                 )
+            except _Declined as exc:
+                self._counters["declined_results"] += 1
+                return exc.value
             except _Uncacheable as exc:
                 self._count_and_warn_once(
                     "uncacheable_results",
@@ -381,6 +440,8 @@ class CacheMiddleware(TaskiqMiddleware):
                     )
                 else:
                     self._counters["cache_failures"] += 1
+                    if self._metrics is not None:
+                        self._metrics.cache_request(call.message.task_name, "error")
                     if failed is not None or produced is not MISSING:
                         # Our own run finished; only the cache write failed.
                         logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
@@ -421,6 +482,8 @@ class CacheMiddleware(TaskiqMiddleware):
             self._counters["executions"] += 1
             return await (func(*args, **kwargs) if run is None else run())
         self._counters["hits"] += 1
+        if self._metrics is not None:
+            self._metrics.cache_request(call.message.task_name, "hit", call.key)
         call.hit = True
         call.message.labels[_labels.LABEL_CACHE_HIT] = "true"
         if cached.error is not None:

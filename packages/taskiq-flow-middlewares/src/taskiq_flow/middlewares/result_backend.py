@@ -23,7 +23,7 @@ import msgspec
 from taskiq import AsyncResultBackend, TaskiqResult
 from taskiq.depends.progress_tracker import TaskProgress
 
-from taskiq_flow.middlewares import _codec, _labels
+from taskiq_flow.middlewares import _codec, _labels, _metrics
 from taskiq_flow.middlewares._records import build_record, record_key
 from taskiq_flow.middlewares._writer import RecordWriter
 from taskiq_flow.middlewares.errors import (
@@ -80,6 +80,8 @@ class StorageResultBackend(AsyncResultBackend[Any]):
         spool_dir: the spool directory (default ``$TASKIQ_FLOW_STORAGE_SPOOL_DIR``, else
             ``./.taskiq-flow/spool``).
         spool_max_bytes: the bound of each process's spool file (default 256 MiB).
+        metrics: export the storage metrics and span attributes (see
+            ``StorageMiddleware``); ``False`` turns them off.
 
     Errors come back as the task's own exception type when that class is importable in
     the reading process (only modules already imported are looked up); otherwise as
@@ -98,6 +100,7 @@ class StorageResultBackend(AsyncResultBackend[Any]):
         spool: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        metrics: bool = True,
     ) -> None:
         if storage is None:
             raise MiddlewareConfigError(name="storage", expected="a BaseStorageAdapter", got="None")
@@ -114,6 +117,7 @@ class StorageResultBackend(AsyncResultBackend[Any]):
             error_log_interval=60.0,
             spool_dir=spool_location(spool, spool_dir),
             spool_max_bytes=spool_max_bytes,
+            metrics=_metrics.recorder() if metrics else None,
         )
         self.progress_dropped = 0
         """Progress updates not stored because the storage failed (see set_progress)."""

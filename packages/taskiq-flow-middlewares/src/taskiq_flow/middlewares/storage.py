@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from taskiq_flow.middlewares import _labels
+from taskiq_flow.middlewares import _labels, _metrics
 from taskiq_flow.middlewares._records import build_record, record_key, utc_now_iso
 from taskiq_flow.middlewares._wrapping import answered_from_cache
 from taskiq_flow.middlewares._writer import RecordWriter, default_spool_dir
@@ -111,6 +111,10 @@ class StorageMiddleware(TaskiqMiddleware):
         spool_max_bytes: the bound of each worker process's spool file (keys plus
             encoded records, default 256 MiB); past it records are kept in memory
             (counted in ``spool_overflows``).
+        metrics: export the storage metrics (``taskiq_flow_storage_*``) and the span
+            attribute ``taskiq_flow.storage.written`` when ``prometheus-client`` /
+            ``opentelemetry-api`` are installed; ``False`` turns both off. See
+            ``docs/middlewares.md``, "Monitoring".
 
     Raises:
         MiddlewareConfigError: a bad ``ttl_seconds`` or ``buffer_size`` (a ``ValueError``).
@@ -133,6 +137,7 @@ class StorageMiddleware(TaskiqMiddleware):
         spool: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        metrics: bool = True,
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
@@ -155,6 +160,8 @@ class StorageMiddleware(TaskiqMiddleware):
             error_log_interval=error_log_interval,
             spool_dir=spool_location(spool, spool_dir),
             spool_max_bytes=spool_max_bytes,
+            # None (metrics off, or neither extra installed) costs each write one check.
+            metrics=_metrics.recorder() if metrics else None,
         )
         # The broker's StorageResultBackend over this same adapter, once seen: records
         # then go through it, written once as the result (see _result_backend()).

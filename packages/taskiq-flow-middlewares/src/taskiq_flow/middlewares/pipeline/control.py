@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from taskiq import TaskiqMiddleware
 
+from taskiq_flow.middlewares import _metrics
 from taskiq_flow.middlewares.errors import MiddlewareConfigError
 from taskiq_flow.middlewares.pipeline.errors import (
     PipelineRunNotFoundError,
@@ -125,6 +126,7 @@ class PipelineControl(TaskiqMiddleware):
         lease_seconds: float = 60.0,
         max_attempts: int = 5,
         sweep_interval: SweepInterval = "auto",
+        metrics: bool = True,
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
@@ -139,6 +141,7 @@ class PipelineControl(TaskiqMiddleware):
         self._specs: collections.OrderedDict[str, RunSpec] = collections.OrderedDict()
         self._spec_cache_size = max(1, spec_cache_size)
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._metrics = _metrics.recorder() if metrics else None
         self._beats: dict[str, asyncio.Task[None]] = {}
         self._started: dict[str, float] = {}
 
@@ -225,6 +228,8 @@ class PipelineControl(TaskiqMiddleware):
             raise
         self._remember(spec)
         self._counters["runs_started"] += 1
+        if self._metrics is not None:
+            self._metrics.pipeline_run("started")
         await self._advance(spec, nested=False)
         return True
 
@@ -252,6 +257,8 @@ class PipelineControl(TaskiqMiddleware):
         keys = RunKeys(pipeline_id)
         won = await self.storage.add(keys.cancelled, {"at": time.time()}, spec.ttl_seconds)
         self._counters["runs_cancelled"] += int(won)
+        if won and self._metrics is not None:
+            self._metrics.pipeline_run("cancelled")
         if won:
             await self.unindex(spec)
         return won
@@ -275,6 +282,8 @@ class PipelineControl(TaskiqMiddleware):
         await self.storage.delete_many([keys.failed, keys.cancelled])
         await self.storage.set(keys.active, {"at": time.time()}, spec.ttl_seconds)
         self._counters["runs_resumed"] += 1
+        if self._metrics is not None:
+            self._metrics.pipeline_run("resumed")
         # Lapsed first: the claims advance is about to take are fresh, not lapsed.
         await self._redrive(spec, await find_lapsed(self.storage, spec, force=True))
         await self._advance(spec, nested=False)
@@ -341,9 +350,14 @@ class PipelineControl(TaskiqMiddleware):
         self._counters["steps_failed"] += 1
         record = failure_record(node, error_type, message, element)
         key = RunKeys(spec.pipeline_id).failed
-        if await retrying(
+        failed_run = await retrying(
             "record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds)
-        ):
+        )
+        if self._metrics is not None:
+            self._metrics.pipeline_step("lost" if error_type == "PipelineStepLost" else "failed")
+            if failed_run:
+                self._metrics.pipeline_run("failed")
+        if failed_run:
             await self.unindex(spec)
 
     async def unindex(self, spec: RunSpec, *, final: bool = False) -> None:
@@ -368,6 +382,8 @@ class PipelineControl(TaskiqMiddleware):
         self._counters["claims_taken"] += outcome.claims_taken
         if outcome.marked_done:
             self._counters["runs_done"] += 1
+            if self._metrics is not None:
+                self._metrics.pipeline_run("done")
 
     def _remember(self, spec: RunSpec) -> None:
         self._specs[spec.pipeline_id] = spec

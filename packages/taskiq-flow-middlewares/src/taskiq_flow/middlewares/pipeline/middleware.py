@@ -84,6 +84,8 @@ class PipelineMiddleware(PipelineControl):
             ``startup`` to ``shutdown``. ``"auto"``: half of ``lease_seconds``;
             ``None`` or ``0``: no sweeper (runs are then re-driven only by a waiting
             ``wait_result`` or a ``resume``).
+        metrics: export the ``taskiq_flow_pipeline_*`` Prometheus metrics when
+            ``prometheus-client`` is installed (see docs/middlewares.md, "Monitoring").
 
     Raises:
         MiddlewareConfigError: a bad ``ttl_seconds``, ``lease_seconds``,
@@ -242,6 +244,8 @@ class PipelineMiddleware(PipelineControl):
             await self._fail(spec, node, type(exc).__qualname__, str(exc), labels.element)
             return
         self._counters["steps_advanced"] += 1
+        if self._metrics is not None:
+            self._metrics.pipeline_step("ok")
         await self.before_readiness_check(pipeline_id, node.name)
         await self._advance(spec, nested=True, finished=node)
 
@@ -324,6 +328,8 @@ class PipelineMiddleware(PipelineControl):
         key = RunKeys(spec.pipeline_id).data(node.output)
         await self.storage.add(key, [], spec.ttl_seconds)
         self._counters["steps_advanced"] += 1
+        if self._metrics is not None:
+            self._metrics.pipeline_step("ok")
         await self._advance(spec, nested=True, finished=node)
 
 
