@@ -12,7 +12,22 @@ from taskiq_flow.cache import BaseCacheAdapter, InMemoryCacheAdapter
 CacheFactory = Callable[..., BaseCacheAdapter]
 
 
-@pytest.fixture(params=["memory", "redis"])
+# Redis three times: one server, a three-primary Cluster and a Sentinel-watched master
+# (each topology started once per session, see taskiq_flow_testing.topologies).
+BACKENDS = [
+    "memory",
+    "redis",
+    pytest.param("redis-cluster", marks=[pytest.mark.redis, pytest.mark.redis_cluster]),
+    pytest.param("redis-sentinel", marks=[pytest.mark.redis, pytest.mark.redis_sentinel]),
+]
+REDIS_URL_FIXTURES = {
+    "redis": "redis_url",
+    "redis-cluster": "redis_cluster_url",
+    "redis-sentinel": "redis_sentinel_url",
+}
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -21,7 +36,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[CacheFactory]:
     """Build adapters of the parametrised kind; every one is closed at teardown."""
     made: list[BaseCacheAdapter] = []
-    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    fixture = REDIS_URL_FIXTURES.get(backend)
+    url = request.getfixturevalue(fixture) if fixture else None
 
     def factory(**options: Any) -> BaseCacheAdapter:
         adapter: BaseCacheAdapter
@@ -44,5 +60,11 @@ async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncItera
 
 
 @pytest.fixture
-async def cache(make_cache: CacheFactory) -> BaseCacheAdapter:
-    return make_cache()
+async def cache(make_cache: CacheFactory, backend: str) -> BaseCacheAdapter:
+    adapter = make_cache()
+    if backend in {"redis-cluster", "redis-sentinel"}:
+        # A cluster client's first command first maps the slots and connects to every
+        # node, a Sentinel one first asks a sentinel for the master; the timing tests (a
+        # leader cancelled 0.1 s in) assume a ready client, as the other backends give.
+        await adapter.connection.commands.ping()  # type: ignore[attr-defined]
+    return adapter

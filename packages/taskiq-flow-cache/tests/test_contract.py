@@ -21,9 +21,11 @@ from taskiq_flow.cache import (
     CacheLockTimeout,
     CacheSerializationError,
     CacheValueError,
+    Expiring,
     InMemoryCacheAdapter,
 )
 from taskiq_flow.cache.codec import encode_entry
+from taskiq_flow.storage.kit.cluster import hash_tag
 
 CacheFactory = Callable[..., BaseCacheAdapter]
 
@@ -33,7 +35,9 @@ async def write_raw(cache: BaseCacheAdapter, key: str, payload: bytes) -> None:
     if isinstance(cache, InMemoryCacheAdapter):
         await cache._commit(key, "", payload, None)  # the backend hook that stores bytes
     else:
-        await cache.client.set(cache.key_prefix + "v:" + key, payload)  # type: ignore[attr-defined]
+        # On a Redis Cluster the key part of a name is a hash tag (kit.cluster.hash_tag).
+        tagged = hash_tag(key) if cache.connection.is_cluster else key  # type: ignore[attr-defined]
+        await cache.client.set(cache.key_prefix + "v:" + tagged, payload)  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass
@@ -470,3 +474,69 @@ async def test_acquire_lease_contract(cache: BaseCacheAdapter) -> None:
     refreshed = await cache._acquire_lease("k", "token-c", ignore=old)
     assert refreshed.payload == encode_entry("k", "v2")
     assert not refreshed.acquired
+
+
+# -- refresh and per-value TTLs (issue 17) ----------------------------------------------------
+
+
+async def test_refresh_overwrites_a_fresh_entry_and_restarts_its_ttl(
+    cache: BaseCacheAdapter,
+) -> None:
+    await cache.set("k", "old", ttl_seconds=1)
+    assert await cache.refresh("k", lambda: "new", 60) == "new"
+    await asyncio.sleep(1.1)
+    assert await cache.get("k") == "new"  # the old TTL no longer applies
+    assert await cache.get_or_create("k", lambda: "unused", 60) == "new"
+
+
+async def test_concurrent_refreshers_run_the_creator_once(make_cache: CacheFactory) -> None:
+    first = make_cache()
+    # On Redis a second adapter is another process's view: the lease is shared.
+    second = first if isinstance(first, InMemoryCacheAdapter) else make_cache()
+    await first.set("k", "old", ttl_seconds=60)
+    assert await second.get("k") == "old"  # both connected (a Cluster client maps slots first)
+    runs = 0
+
+    async def creator() -> str:
+        nonlocal runs
+        runs += 1
+        # Long enough for every refresher to read the old entry before this one commits:
+        # a refresh that starts after another has finished is a new refresh.
+        await asyncio.sleep(1.0)
+        return f"new{runs}"
+
+    results = await asyncio.gather(
+        *(cache.refresh("k", creator, 60) for cache in [first, second] * 10)
+    )
+    assert runs == 1
+    assert set(results) == {"new1"}
+    assert await second.get("k") == "new1"
+
+
+async def test_refresh_error_keeps_the_old_entry(cache: BaseCacheAdapter) -> None:
+    await cache.set("k", "old", ttl_seconds=60)
+
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await cache.refresh("k", boom, 60)
+    assert await cache.get("k") == "old"
+
+
+async def test_refresh_checks_its_arguments(cache: BaseCacheAdapter) -> None:
+    with pytest.raises(CacheKeyError):
+        await cache.refresh("", lambda: 1, 60)
+    with pytest.raises(CacheValueError):
+        await cache.refresh("k", lambda: 1, 0)
+
+
+async def test_creator_can_choose_its_entry_ttl(cache: BaseCacheAdapter) -> None:
+    assert await cache.get_or_create("short", lambda: Expiring("v", 1), 3600) == "v"
+    assert await cache.refresh("long", lambda: Expiring("w", 3600), 1) == "w"
+    await asyncio.sleep(1.1)
+    assert await cache.get("short") is None
+    assert await cache.get("long") == "w"
+    with pytest.raises(CacheValueError):
+        await cache.get_or_create("bad", lambda: Expiring("v", 0), 60)
+    assert await cache.get("bad") is None

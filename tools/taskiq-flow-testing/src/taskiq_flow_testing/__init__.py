@@ -1,6 +1,16 @@
 """Private test helpers shared by every taskiq-flow test suite."""
 
 from taskiq_flow_testing.redis_server import RedisServer, free_port, redis_url_or_skip
+from taskiq_flow_testing.topologies import RedisClusterServers, SentinelServers, free_low_port
 from taskiq_flow_testing.workers import WorkerProcess, group_rss_kib
 
-__all__ = ["RedisServer", "WorkerProcess", "free_port", "group_rss_kib", "redis_url_or_skip"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "SentinelServers",
+    "WorkerProcess",
+    "free_low_port",
+    "free_port",
+    "group_rss_kib",
+    "redis_url_or_skip",
+]

@@ -1,4 +1,4 @@
-"""``RedisCacheAdapter``: a cache shared by every process on one Redis server.
+"""``RedisCacheAdapter``: a cache shared by every process on one Redis server (or Cluster).
 
 Keys, all under ``key_prefix`` (default ``taskiq_flow_cache:``, disjoint from the storage
 package's ``taskiq_flow:``):
@@ -14,6 +14,12 @@ package's ``taskiq_flow:``):
 Lease transitions are Lua scripts (one atomic round trip each): acquire-or-read, renew
 (``PEXPIRE`` only if the token matches) and commit (store the value, compare-and-delete the
 lease, push the wake-up).
+
+On a Redis Cluster (``redis+cluster://``) the ``{key}`` part of the three names is a
+hash tag (:func:`taskiq_flow.storage.kit.cluster.hash_tag`: ``{key}``, or a digest tag
+then the key when the key holds a brace), so one key's entry, lease and wake-up list
+share a slot and each script touches one slot; the prefix may not hold a ``{``. On one
+server or Sentinel the names stay as above. ``clear`` and ``inventory`` scan every primary.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
 from taskiq_flow.storage.glob import escape_glob
 from taskiq_flow.storage.kit.checks import check_key
+from taskiq_flow.storage.kit.cluster import check_tag_prefix, hash_tag
 from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
@@ -88,9 +95,12 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
     """A Redis-backed cache whose ``get_or_create`` holds across processes.
 
     Args:
-        redis_url: ``redis://`` URL; the adapter then owns (and closes) its client.
-        client: an existing ``redis.asyncio.Redis`` (``decode_responses=False``) to use
-            instead; the caller keeps ownership. Exactly one of the two.
+        redis_url: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://h:p[,h:p]``
+            or ``redis+sentinel://h:p[,h:p]/SERVICE[/db]`` URL; the adapter then owns (and
+            closes) its client.
+        client: an existing ``redis.asyncio.Redis`` or ``RedisCluster``
+            (``decode_responses=False``) to use instead; the caller keeps ownership.
+            Exactly one of the two.
         default_ttl: TTL in seconds when a call passes none (``None``: no expiry).
         lock_timeout: lease period in seconds. A dead holder's lease lapses after it; a
             live holder renews it every third of it.
@@ -107,6 +117,10 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
             of as many blocked waiters; the owned pool holds twice as many connections).
             Callers beyond it queue instead of failing. With a borrowed client, keep twice
             this at or below its pool size (redis-py's default pool holds 100).
+        wait_replicas: confirm every write (entries and leases) with ``WAIT`` on this many
+            replicas (one server or Sentinel): a failover then loses no lease, so no second
+            creator starts. ``0``: asynchronous replication, as Redis does by default.
+        wait_timeout: seconds a write waits for its replicas.
     """
 
     _scope = "process"
@@ -127,6 +141,8 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         connect_timeout: float = 2.0,
         retries: int = 2,
         max_connections: int = 64,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         # The storage key rules: every key is key_prefix + a checked key, so a prefix
         # UTF-8 cannot hold (a lone surrogate) would fail every command.
@@ -151,7 +167,13 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
             socket_timeout=socket_timeout,
             retries=retries,
             max_connections=max_connections,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
+        # On a Cluster one key's three names carry one hash tag (see the module doc).
+        self._tag = hash_tag if self._redis.is_cluster else _as_is
+        if self._redis.is_cluster:
+            check_tag_prefix(key_prefix, _prefix_error)
         self.key_prefix = key_prefix
         self.lock_timeout = lease
         self._lease_ms = max(1, int(lease * 1000))
@@ -201,14 +223,14 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         payload = encode_entry(key, value)
         with self._on_set:
             await self._commands.set(
-                self._value_prefix + key, payload, px=None if ttl is None else ttl * 1000
+                self._value_prefix + self._tag(key), payload, px=None if ttl is None else ttl * 1000
             )
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it was there."""
         check_cache_key(key)
         with self._on_delete:
-            return bool(await self._commands.delete(self._value_prefix + key))
+            return bool(await self._commands.delete(self._value_prefix + self._tag(key)))
 
     async def inventory(self) -> dict[str, int]:
         """What the server holds under this prefix, for every process: entries and leases.
@@ -250,14 +272,14 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
 
     async def _read_raw(self, key: str) -> bytes | None:
         with self._on_get:
-            return cast(bytes | None, await self._commands.get(self._value_prefix + key))
+            return cast(bytes | None, await self._commands.get(self._value_prefix + self._tag(key)))
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
         # Only a digest travels: the entry to ignore may be large.
         skip = "" if ignore is None else hashlib.sha1(ignore, usedforsecurity=False).hexdigest()
         with self._on_acquire:
             reply = await self._acquire_script(
-                keys=[self._value_prefix + key, self._lock_prefix + key],
+                keys=[self._value_prefix + self._tag(key), self._lock_prefix + self._tag(key)],
                 args=[token, self._lease_ms, skip],
             )
         kind = int(reply[0])
@@ -271,7 +293,7 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
     async def _renew_lease(self, key: str, token: str) -> bool:
         with self._on_renew:
             renewed = await self._renew_script(
-                keys=[self._lock_prefix + key], args=[token, self._lease_ms]
+                keys=[self._lock_prefix + self._tag(key)], args=[token, self._lease_ms]
             )
         return bool(renewed)
 
@@ -281,9 +303,9 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         with self._on_commit:
             await self._commit_script(
                 keys=[
-                    self._value_prefix + key,
-                    self._lock_prefix + key,
-                    f"{self._wake_prefix}{key}:{token}",
+                    self._value_prefix + self._tag(key),
+                    self._lock_prefix + self._tag(key),
+                    f"{self._wake_prefix}{self._tag(key)}:{token}",
                 ],
                 args=[
                     token,
@@ -295,10 +317,14 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
             )
 
     async def _wait_for_release(self, key: str, holder: str, within: float) -> None:
-        wake = f"{self._wake_prefix}{key}:{holder}"
+        wake = f"{self._wake_prefix}{self._tag(key)}:{holder}"
         # BLMOVE runs on the connection's budget for blocked waiters (see RedisConnection).
         with self._on_wait:
             await self._commands.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
+
+
+def _as_is(key: str) -> str:
+    return key
 
 
 def _url_error(url: str, reason: str) -> Exception:

@@ -7,7 +7,11 @@ Each value is stored as a 17-byte header (format version, ``created_at`` and
 msgpack bytes, so ``get_entry`` is one ``GET`` and ``cleanup(ttl_seconds=...)`` can judge
 age on the server. Expiry is Redis's own (``SET ... PX``); listing uses ``SCAN``, never
 ``KEYS``; batches are pipelined. The connection is the storage package's one Redis layer,
-:mod:`taskiq_flow.storage.kit.redis`.
+:mod:`taskiq_flow.storage.kit.redis`: one server, a Sentinel service or a Redis Cluster.
+
+On a Cluster each record is one key, so nothing needs a hash tag: the batch forms split
+their keys by slot (one command per slot, in one cluster pipeline: a round trip per
+node), each slot's part atomic; listing and ``cleanup`` scan every primary.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from taskiq_flow.storage.errors import (
 )
 from taskiq_flow.storage.glob import escape_glob
 from taskiq_flow.storage.kit.checks import check_key, check_keys, check_pattern, check_ttl
-from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
+from taskiq_flow.storage.kit.cluster import by_slot
+from taskiq_flow.storage.kit.redis import (
+    AnyRedis,
+    RedisBacked,
+    RedisCluster,
+    RedisConnection,
+    RedisErrors,
+)
 
 __all__ = ["RedisStorageAdapter"]
 
@@ -100,9 +111,12 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
 
     Args:
         redis_url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` or
-            ``unix://`` URL. Give this or ``client``.
-        client: An existing ``redis.asyncio.Redis`` (``decode_responses`` must be off).
-            The adapter does not close a client it was given.
+            ``unix://`` URL; ``redis+cluster://host:port[,host:port...]`` for a Redis
+            Cluster; ``redis+sentinel://host:port[,host:port...]/SERVICE[/db]`` for the
+            master of a Sentinel service. Give this or ``client``.
+        client: An existing ``redis.asyncio.Redis`` or ``RedisCluster``
+            (``decode_responses`` must be off). The adapter does not close a client it
+            was given.
         ttl_seconds: Default TTL for writes that pass none; ``None`` keeps forever.
         key_prefix: Prepended to every key, so several apps can share a database.
         connect_timeout: Seconds to wait for a TCP connection (URL only).
@@ -115,6 +129,11 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             tasks issue in the same event-loop turn as one pipeline (one round trip), each
             caller still getting its own reply or error; ``add`` and scripts always go
             alone. See :mod:`taskiq_flow.storage.kit.coalesce`.
+        wait_replicas: Confirm every write with ``WAIT`` on this many replicas (one
+            server or Sentinel), so a failover loses no acknowledged write; a write
+            short of them within ``wait_timeout`` seconds raises
+            ``StorageConnectionError``. See docs/reliability.md.
+        wait_timeout: Seconds a write waits for its replicas.
 
     Raises:
         InvalidStorageURLError: the URL cannot be parsed (the message hides any password).
@@ -128,7 +147,7 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
         self,
         redis_url: str | None = None,
         *,
-        client: aioredis.Redis | None = None,
+        client: AnyRedis | None = None,
         ttl_seconds: int | None = None,
         key_prefix: str = "taskiq_flow:",
         connect_timeout: float = 2.0,
@@ -136,6 +155,8 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
         retries: int = 2,
         max_connections: int = 64,
         coalesce: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         super().__init__(ttl_seconds)
         if not isinstance(key_prefix, str):
@@ -155,8 +176,11 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             retries=retries,
             max_connections=max_connections,
             coalesce=coalesce,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
         self._commands = self._redis.commands
+        self._cluster = self._redis.is_cluster
         errors = self._redis.errors
         self._on_set, self._on_add, self._on_get = errors("set"), errors("add"), errors("get")
         self._on_exists, self._on_delete = errors("exists"), errors("delete")
@@ -246,7 +270,9 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             return {}
         prefix = self.key_prefix
         with self._on_get_many:
-            if len(wanted) <= _BATCH:
+            if isinstance(self._commands, RedisCluster):  # one MGET per slot
+                replies = [await self._commands.mget_nonatomic([prefix + k for k in wanted])]
+            elif len(wanted) <= _BATCH:
                 replies = [await self._commands.mget([prefix + key for key in wanted])]
             else:
                 async with self._commands.pipeline(transaction=False) as pipe:
@@ -277,6 +303,9 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
             return
         px = None if ttl is None else ttl * 1000
         with self._on_set_many:
+            if isinstance(self._commands, RedisCluster):
+                await self._set_by_slot(self._commands, packed, px)
+                return
             if len(packed) <= _BATCH:
                 await self._set_chunk(self._commands, packed, px)
                 return
@@ -287,9 +316,21 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
                     await self._set_chunk(pipe, dict(pairs[start : start + _BATCH]), px)
                 await pipe.execute()
 
-    async def _set_chunk(
-        self, client: aioredis.Redis, chunk: dict[str, bytes], px: int | None
-    ) -> None:
+    @staticmethod
+    async def _set_by_slot(cluster: RedisCluster, packed: dict[str, bytes], px: int | None) -> None:
+        # One MSET (or SET PX script) per slot, atomic each, all in one cluster pipeline.
+        async with cluster.pipeline(transaction=False) as pipe:
+            for names in by_slot(packed).values():
+                for start in range(0, len(names), _BATCH):
+                    chunk = names[start : start + _BATCH]
+                    if px is None:  # (redis-py blocks pipe.mset on a Cluster: one slot here)
+                        pipe.execute_command("MSET", *(x for n in chunk for x in (n, packed[n])))
+                    else:
+                        values = [packed[name] for name in chunk]
+                        pipe.eval(_SET_MANY_LUA, len(chunk), *chunk, px, *values)
+            await pipe.execute()
+
+    async def _set_chunk(self, client: Any, chunk: dict[str, bytes], px: int | None) -> None:
         # MSET without a TTL; with one, a script doing SET PX per key (see _SET_MANY_LUA).
         # On a pipeline both calls only queue the command.
         if px is None:
@@ -303,7 +344,7 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
         if not wanted:
             return 0
         with self._on_delete_many:
-            if len(wanted) <= _BATCH:
+            if self._cluster or len(wanted) <= _BATCH:  # a Cluster splits DEL by slot
                 return int(await self._commands.delete(*wanted))
             async with self._commands.pipeline(transaction=False) as pipe:
                 for start in range(0, len(wanted), _BATCH):
@@ -326,8 +367,18 @@ class RedisStorageAdapter(BaseStorageAdapter, RedisBacked):
         removed = 0
         async for batch in self._redis.scan(self._match_prefix + "*", _BATCH, "cleanup"):
             with self._on_cleanup:
-                removed += int(await self._cleanup_script(keys=batch, args=args))
+                if isinstance(self._commands, RedisCluster):
+                    removed += await self._cleanup_by_slot(self._commands, batch, args)
+                else:
+                    removed += int(await self._cleanup_script(keys=batch, args=args))
         return removed
+
+    @staticmethod
+    async def _cleanup_by_slot(cluster: RedisCluster, batch: list[bytes], args: list[str]) -> int:
+        async with cluster.pipeline(transaction=False) as pipe:
+            for group in by_slot(batch).values():
+                pipe.eval(_CLEANUP_LUA, len(group), *group, *args)
+            return sum(int(n) for n in await pipe.execute())
 
     async def close(self) -> None:
         """Close the client if the adapter created it (idempotent; reconnects if used)."""

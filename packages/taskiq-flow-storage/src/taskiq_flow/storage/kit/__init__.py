@@ -5,8 +5,10 @@ so a rule is written once and means the same everywhere:
 
 - :mod:`~taskiq_flow.storage.kit.checks` — keys, glob patterns, TTLs, durations and
   counts; each check raises through the caller's own error factory;
-- :mod:`~taskiq_flow.storage.kit.urls` — Redis URL validation, SQLite locations and
-  password redaction;
+- :mod:`~taskiq_flow.storage.kit.urls` — Redis URL parsing (one server, Cluster,
+  Sentinel), SQLite locations and password redaction;
+- :mod:`~taskiq_flow.storage.kit.cluster` — Redis Cluster key rules: hash tags that keep
+  one record's keys in one slot, keys grouped by slot;
 - :mod:`~taskiq_flow.storage.kit.memory` — :class:`TTLStore`, the in-process TTL/LRU
   store under both in-memory adapters;
 - :mod:`~taskiq_flow.storage.kit.coalesce` — :class:`Coalescer`: the commands concurrent
@@ -35,7 +37,9 @@ from taskiq_flow.storage.kit.memory import Item, TTLStore
 from taskiq_flow.storage.kit.urls import (
     REDIS_URL_FORMS,
     SQLITE_PATH_FORMS,
+    RedisTarget,
     check_redis_url,
+    parse_redis_url,
     redact_url,
     sqlite_location,
 )
@@ -47,6 +51,7 @@ __all__ = [
     "Command",
     "ErrorFactory",
     "Item",
+    "RedisTarget",
     "TTLStore",
     "check_count",
     "check_key",
@@ -56,6 +61,7 @@ __all__ = [
     "check_seconds",
     "check_timestamp",
     "check_ttl",
+    "parse_redis_url",
     "redact_url",
     "sqlite_location",
 ]

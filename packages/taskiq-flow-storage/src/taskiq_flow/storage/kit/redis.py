@@ -1,7 +1,8 @@
 """``RedisConnection``: the one way taskiq-flow talks to Redis.
 
 Every Redis piece (the storage and cache adapters, and what is built on them) gets its
-client here: a URL or an existing ``redis.asyncio.Redis`` becomes a connection with
+client here: a URL or an existing client — one server, a Sentinel service's master, or
+a Redis Cluster (:mod:`taskiq_flow.storage.kit.clients`) — becomes a connection with
 
 - one URL parser and password redaction (:mod:`taskiq_flow.storage.kit.urls`);
 - one retry policy: a command is retried ``retries`` times after a connection error,
@@ -27,19 +28,17 @@ Redis adapter — raises an ``ImportError`` naming both extras.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit
+from typing import NamedTuple, cast
 
 try:
     from redis import asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
     from redis.commands.core import AsyncScript
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import DataError, RedisError
+    from redis.exceptions import RedisClusterException, RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
     msg = (
@@ -49,47 +48,47 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
     raise ImportError(msg, name=exc.name) from exc
 
 from taskiq_flow.storage.kit.checks import ErrorFactory, check_count, check_seconds
-from taskiq_flow.storage.kit.coalesce import Coalescer, Command
-from taskiq_flow.storage.kit.urls import check_redis_url, redact_url
+from taskiq_flow.storage.kit.clients import (
+    BoundedCluster,
+    BoundedRedis,
+    NotReplicatedError,
+    build_client,
+    client_location,
+    client_options,
+    coalescable,
+    share_cluster,
+)
+from taskiq_flow.storage.kit.coalesce import Coalescer
+from taskiq_flow.storage.kit.urls import RedisTarget, parse_redis_url, redact_url
 
 __all__ = [
     "DRIVER_ERRORS",
+    "AnyRedis",
+    "NotReplicatedError",
     "RedisBacked",
+    "RedisCluster",
     "RedisConnection",
     "RedisErrors",
     "aioredis",
     "coalescable",
 ]
 
-DRIVER_ERRORS = (RedisError, OSError)
+DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
 """What the redis client raises; :meth:`RedisConnection.errors` maps all of it."""
 
-_BLOCKING = frozenset({"BLMOVE", "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "XREAD", "WAIT"})
-# Commands whose repetition leaves the same state: a coalesced batch holding only these
-# may be sent again whole when the connection's retry policy retries it.
-_REPEATABLE = frozenset({"GET", "EXISTS", "GETRANGE", "STRLEN", "SET", "DEL", "UNLINK"})
-# SET options that make its outcome depend on the state it finds: a repeated SET NX
-# would report "not written" for its own write. Such a SET is sent alone, as before.
-_CONDITIONAL_SET = frozenset({"NX", "XX", "GET"})
+# Failures of the connection rather than of a command: the calling package's
+# connection error. (A Cluster that cannot be reached or is not a Cluster raises
+# RedisClusterException; a write short of its replicas, NotReplicatedError.)
+_CONNECTION_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    NotReplicatedError,
+    OSError,
+)
 
-
-def coalescable(args: tuple[Any, ...]) -> bool:
-    """Whether the command ``args`` may join a coalesced pipeline.
-
-    Single-key reads (``GET``, ``EXISTS``, ``GETRANGE``, ``STRLEN``), a plain ``SET`` (with
-    or without expiry) and ``DEL``/``UNLINK``: commands whose repetition leaves the same
-    state, so the connection's retry policy may send a failed batch again whole, exactly
-    as redis-py sends a single command again. Never: a conditional ``SET`` (``NX``, ``XX``,
-    ``GET``: its reply says what it found), scripts, counters, list and stream commands,
-    blocking commands, transactions; nor ``MGET`` (``get_many`` is one round trip already,
-    and the pipeline's readiness reads keep their timing).
-    """
-    name = args[0]
-    if name not in _REPEATABLE:
-        return False
-    return name != "SET" or _CONDITIONAL_SET.isdisjoint(
-        arg for arg in args[3:] if isinstance(arg, str)
-    )
+AnyRedis = aioredis.Redis | RedisCluster
+"""A client :class:`RedisConnection` accepts: one server, a Sentinel master, a Cluster."""
 
 
 class RedisErrors(NamedTuple):
@@ -103,58 +102,6 @@ class RedisErrors(NamedTuple):
     """``(redacted url, reason)`` -> the error for a URL that cannot be used."""
     config: ErrorFactory
     """``(value, reason)`` -> the error for a bad option (a timeout, a client)."""
-
-
-class _BoundedRedis(aioredis.Redis):
-    """A client whose commands wait for one of ``slots`` instead of overflowing the pool.
-
-    A worker runs ~100 tasks at once; redis-py's pool raises "Too many connections"
-    past its limit. A semaphore costs far less on the hot path than redis-py's
-    ``BlockingConnectionPool`` (measured: 0.95x vs 0.81x raw on a single GET).
-    With a ``coalescer``, :func:`coalescable` commands go through it: a batch takes one
-    slot (it is one request on one connection).
-    """
-
-    slots: asyncio.Semaphore
-    wait_slots: asyncio.Semaphore
-    coalescer: Coalescer | None = None
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if args[0] in _BLOCKING:
-            async with self.wait_slots:
-                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        if self.coalescer is not None and coalescable(args):
-            return await self.coalescer.call(args, options)
-        async with self.slots:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-
-    async def send_one(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """Send one command the ordinary way (redis-py's retry policy), in a slot."""
-        async with self.slots:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-
-    async def send_batch(self, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` as one pipeline (no MULTI); one reply or error per command.
-
-        redis-py's pipeline retries the whole batch after a connection error, which only
-        :func:`coalescable` commands may undergo.
-        """
-        try:
-            async with self.slots:
-                pipe = self.pipeline(transaction=False)
-                for args, options in commands:
-                    pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
-                return await pipe.execute(raise_on_error=False)
-        except DataError:
-            # A command the client cannot encode: the pipeline is packed before anything
-            # is sent, so nothing went out. Each alone: only that command's caller fails.
-            return [await self._reply_or_error(args, options) for args, options in commands]
-
-    async def _reply_or_error(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        try:
-            return await self.send_one(args, options)
-        except DRIVER_ERRORS as exc:
-            return exc
 
 
 class _MapErrors:
@@ -179,30 +126,33 @@ class _MapErrors:
             raise self.connection.mapped(self.operation, exc) from exc
 
 
-def _client_location(client: aioredis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    host = kwargs.get("host", "localhost")
-    return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
 class RedisConnection:
     """A Redis client with taskiq-flow's retry policy, concurrency limit and error mapping.
 
     Args:
-        redis_url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` or
-            ``unix://``. Give this or ``client``.
-        client: an existing ``redis.asyncio.Redis`` (``decode_responses`` off); it is
-            used through a bounded client sharing its pool, and never closed here.
+        redis_url: one server (``redis://[[user]:password@]host[:port][/db]``,
+            ``rediss://``, ``unix://``), a Redis Cluster
+            (``redis+cluster://[[user]:password@]host:port[,host:port...]``) or a Sentinel
+            service (``redis+sentinel://host:port[,host:port...]/SERVICE[/db]``, with
+            ``?sentinel_password=`` for sentinels that need one). Give this or ``client``.
+        client: an existing ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too)
+            or ``redis.asyncio.RedisCluster``, ``decode_responses`` off; it is used through
+            a bounded client sharing its pool (its nodes, for a Cluster), never closed here.
         errors: the calling package's error factories.
         connect_timeout: seconds to wait for a TCP connection (URL only).
         socket_timeout: seconds to wait for a reply (URL only).
         retries: retries of a command after a connection error (URL only).
         max_connections: commands in flight at most (and as many blocked waiters); the
-            owned pool holds twice as many connections. A coalesced pipeline counts once.
+            owned pool holds twice as many connections (per node, on a Cluster). A
+            coalesced pipeline counts once.
         coalesce: send the :func:`coalescable` commands of concurrent callers issued in
             one event-loop turn as one pipeline (see :attr:`coalescer`).
+        wait_replicas: after every write, ``WAIT`` until this many replicas have it (on
+            the write's own connection); fewer within ``wait_timeout`` fail the write
+            with the connection error. ``0`` (default): Redis's asynchronous
+            replication, a failover may lose the last acknowledged writes. Not on a
+            Cluster.
+        wait_timeout: seconds ``WAIT`` may block; below ``socket_timeout``.
 
     Raises:
         errors.url: the URL cannot be used (the message hides any password).
@@ -214,49 +164,53 @@ class RedisConnection:
         self,
         redis_url: str | None = None,
         *,
-        client: aioredis.Redis | None = None,
+        client: AnyRedis | None = None,
         errors: RedisErrors,
         connect_timeout: float = 2.0,
         socket_timeout: float = 5.0,
         retries: int = 2,
         max_connections: int = 64,
         coalesce: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self._errors = errors
+        self._sentinel: Sentinel | None = None
+        self.client: AnyRedis
+        """The client given, or the connection's own."""
+        self.socket_timeout: float | None
+        self.topology: str
+        """``"server"``, ``"sentinel"`` or ``"cluster"``."""
         max_connections = check_count(max_connections, "max_connections", errors.config)
         connect_timeout = check_seconds(connect_timeout, "connect_timeout", errors.config)
         socket_timeout = check_seconds(socket_timeout, "socket_timeout", errors.config)
+        wait_timeout = check_seconds(wait_timeout, "wait_timeout", errors.config)
         if type(retries) is not int or retries < 0:
             raise errors.config(retries, f"retries must be an int >= 0, got {retries!r}")
+        if type(wait_replicas) is not int or wait_replicas < 0:
+            reason = f"wait_replicas must be an int >= 0, got {wait_replicas!r}"
+            raise errors.config(wait_replicas, reason)
         if (redis_url is None) == (client is None):
             raise errors.config(None, "give exactly one of redis_url and client")
+        commands: BoundedRedis | BoundedCluster
         if client is not None:
-            if not isinstance(client, aioredis.Redis):
-                reason = f"client must be a redis.asyncio.Redis, got {type(client).__name__}"
-                raise errors.config(client, reason)
-            kwargs = client.connection_pool.connection_kwargs
-            if kwargs.get("decode_responses"):
-                reason = "the Redis client must be created with decode_responses=False"
-                raise errors.config(client, reason)
-            self.client: aioredis.Redis = client
-            self.owns_client = False
-            self.location = _client_location(client)
-            given = kwargs.get("socket_timeout")
-            self.socket_timeout: float | None = given if isinstance(given, int | float) else None
-            # The caller's client, pool and retry policy, under our concurrency limit.
-            commands = _BoundedRedis(connection_pool=client.connection_pool)
+            commands = self._from_client(client)
         else:
             self.location = redact_url(redis_url)
             try:
-                url = check_redis_url(redis_url)
+                target = parse_redis_url(redis_url)
             except ValueError as exc:  # InvalidStorageURLError: re-raised as the caller's
                 raise errors.url(self.location, getattr(exc, "reason", str(exc))) from None
+            self.topology = target.topology
             commands = self._from_url(
-                url, connect_timeout, socket_timeout, retries, max_connections
+                target, connect_timeout, socket_timeout, retries, max_connections
             )
             self.client = commands
             self.owns_client = True
             self.socket_timeout = socket_timeout
+        if wait_replicas:
+            self._confirm_writes(commands, wait_replicas, wait_timeout)
+        self.wait_replicas = wait_replicas
         commands.slots = asyncio.Semaphore(max_connections)
         commands.wait_slots = asyncio.Semaphore(max_connections)
         self.coalescer = Coalescer(commands.send_one, commands.send_batch)
@@ -266,9 +220,47 @@ class RedisConnection:
         """
         commands.coalescer = self.coalescer if coalesce else None
         self._bounded = commands
-        self.commands: aioredis.Redis = commands
+        self.commands: AnyRedis = commands
         """The client every command goes through (bounded, coalescing; shares ``client``'s
         pool)."""
+
+    def _confirm_writes(
+        self, commands: BoundedRedis | BoundedCluster, replicas: int, timeout: float
+    ) -> None:
+        config = self._errors.config
+        if isinstance(commands, BoundedCluster):
+            raise config(replicas, "wait_replicas is not supported on a Redis Cluster")
+        limit = self.socket_timeout
+        if limit is not None and limit > 0 and timeout >= limit:
+            raise config(
+                timeout, f"wait_timeout ({timeout}) must be below socket_timeout ({limit})"
+            )
+        commands.wait_replicas = replicas
+        commands.wait_ms = max(1, int(timeout * 1000))
+
+    def _from_client(self, client: AnyRedis) -> BoundedRedis | BoundedCluster:
+        errors = self._errors
+        if not isinstance(client, aioredis.Redis | RedisCluster):
+            reason = (
+                f"client must be a redis.asyncio.Redis or RedisCluster, got {type(client).__name__}"
+            )
+            raise errors.config(client, reason)
+        kwargs = client_options(client)
+        if kwargs.get("decode_responses"):
+            reason = "the Redis client must be created with decode_responses=False"
+            raise errors.config(client, reason)
+        self.client = client
+        self.owns_client = False
+        self.location = client_location(client)
+        given = kwargs.get("socket_timeout")
+        self.socket_timeout = given if isinstance(given, int | float) else None
+        # The caller's client, pool and retry policy, under our concurrency limit.
+        if isinstance(client, RedisCluster):
+            self.topology = "cluster"
+            return share_cluster(client)
+        pool = client.connection_pool
+        self.topology = "sentinel" if isinstance(pool, SentinelConnectionPool) else "server"
+        return BoundedRedis(connection_pool=pool)
 
     @property
     def coalesce(self) -> bool:
@@ -279,33 +271,33 @@ class RedisConnection:
     def coalesce(self, on: bool) -> None:
         self._bounded.coalescer = self.coalescer if on else None
 
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the server is a Redis Cluster (batches split by slot, scans per primary)."""
+        return self.topology == "cluster"
+
     def _from_url(
         self,
-        url: str,
+        target: RedisTarget,
         connect_timeout: float,
         socket_timeout: float,
         retries: int,
         max_connections: int,
-    ) -> _BoundedRedis:
+    ) -> BoundedRedis | BoundedCluster:
         try:
-            pool = aioredis.ConnectionPool.from_url(
-                url,
-                socket_connect_timeout=connect_timeout,
+            client, self._sentinel = build_client(
+                target,
+                connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries),
-                # Headroom above the command slots: blocked waiters and pipelines take
-                # connections of their own.
-                max_connections=2 * max_connections,
+                retries=retries,
+                max_connections=max_connections,
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RedisClusterException) as exc:
             reason = str(exc)
-            with contextlib.suppress(ValueError):
-                password = urlsplit(url).password
-                if password:
-                    reason = reason.replace(password, "***")
+            for secret in (target.password, target.sentinel_password):
+                if secret:
+                    reason = reason.replace(secret, "***")
             raise self._errors.url(self.location, reason) from exc
-        client = _BoundedRedis(connection_pool=pool)
-        client.auto_close_connection_pool = True  # close() releases the pool too
         return client
 
     def __repr__(self) -> str:
@@ -321,25 +313,49 @@ class RedisConnection:
     def mapped(self, operation: str, exc: BaseException) -> Exception:
         """The calling package's error for the driver error ``exc`` (raise it ``from exc``)."""
         detail = f"{type(exc).__name__}: {exc} (at {self.location})"
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        if isinstance(exc, _CONNECTION_ERRORS):
             return self._errors.connection(operation, detail)
         return self._errors.backend(operation, detail)
 
     def register_script(self, script: str) -> AsyncScript:
-        """A Lua script run by ``EVALSHA`` (loaded on first use) through :attr:`commands`."""
+        """A Lua script run by ``EVALSHA`` (loaded on first use) through :attr:`commands`.
+
+        On a Cluster, every key of one call must be in one hash slot
+        (:mod:`taskiq_flow.storage.kit.cluster`).
+        """
         return self.commands.register_script(script)
 
     async def scan(self, match: str, count: int, operation: str) -> AsyncIterator[list[bytes]]:
-        """Batches of key names matching the glob ``match`` (``SCAN``, never ``KEYS``)."""
+        """Batches of key names matching the glob ``match`` (``SCAN``, never ``KEYS``).
+
+        On a Cluster every primary is scanned in turn; a batch holds one node's keys.
+        """
         errors = self.errors(operation)
-        cursor = 0
-        while True:
-            with errors:
-                cursor, batch = await self.commands.scan(cursor, match=match, count=count)
-            if batch:
-                yield cast("list[bytes]", batch)
-            if cursor == 0:
-                return
+        commands = self.commands
+        if not isinstance(commands, RedisCluster):
+            cursor = 0
+            while True:
+                with errors:
+                    cursor, batch = await commands.scan(cursor, match=match, count=count)
+                if batch:
+                    yield cast("list[bytes]", batch)
+                if cursor == 0:
+                    return
+        with errors:
+            await commands.initialize()
+            primaries = commands.get_primaries()
+        for node in primaries:
+            cursor = 0
+            while True:
+                with errors:
+                    cursors, batch = await commands.scan(
+                        cursor, match=match, count=count, target_nodes=node
+                    )
+                cursor = next(iter(cursors.values()), 0) if isinstance(cursors, dict) else cursors
+                if batch:
+                    yield cast("list[bytes]", batch)
+                if not cursor:
+                    break
 
     async def close(self) -> None:
         """Close the client if this connection created it (idempotent; mapped errors).
@@ -350,6 +366,8 @@ class RedisConnection:
             return
         with self.errors("close"):
             await self.client.aclose()
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
 
 
 class RedisBacked:
@@ -358,8 +376,8 @@ class RedisBacked:
     _redis: RedisConnection
 
     @property
-    def client(self) -> aioredis.Redis:
-        """The ``redis.asyncio.Redis`` client in use (the one given, or the adapter's own)."""
+    def client(self) -> AnyRedis:
+        """The redis client in use (the one given, or the adapter's own)."""
         return self._redis.client
 
     @property
