@@ -151,8 +151,9 @@ async def soak_workers(
         hot_tasks = tasks // 2
         expected_executions = (tasks - hot_tasks) + min(HOT, hot_tasks)
         executions = len(records) - hits
-        # First half of the run: pools and caches warm up. Second half: must be flat.
-        warm = samples[: max(1, len(samples) // 2)]
+        # The first two thirds of the run: pools and caches warm up (the producer's own
+        # cache pool fills once hits are answered at send). The last third: must be flat.
+        warm = samples[: max(1, 2 * len(samples) // 3)]
         later = samples[len(warm) :]
         warm_clients = max(s["clients"] for s in warm)
         max_clients = max(s["clients"] for s in samples)

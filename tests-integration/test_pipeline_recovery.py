@@ -109,7 +109,8 @@ async def test_sigkill_between_claim_and_send(cluster, diamond_app) -> None:
         pid = f"kill-{n}"
         run = await c.producer.pipeline.kiq(n=n, pipeline_id=pid)
         result = await run.wait_result(timeout=30, poll_interval=0.1)
-        assert result.return_value["merged"] == 3 * n + 1
+        assert not result.is_err, (result.error, c.logs()[-3000:])
+        assert result.return_value["merged"] == 3 * n + 1, result.return_value
         killer = await c.client.get(diamond_app.KILLED.format(pipeline_id=pid))
         assert killer is not None  # a worker really died at the claim->send point
         with pytest.raises(ProcessLookupError):
