@@ -377,3 +377,38 @@ async def test_diamond_pipeline_fully_cached_sends_no_step(make_app: AppFactory)
             assert record["labels"]["cache_answered"] == "send"
     finally:
         await broker.shutdown()
+
+
+class _SyncHookFails(TaskiqMiddleware):
+    """A sync post_execute (taskiq allows them) that raises for answers given at send.
+
+    (For a worker's own execution taskiq itself lets such a hook crash its receiver.)
+    """
+
+    def post_execute(self, message: TaskiqMessage, result: Any) -> None:
+        if result.labels.get("cache_answered") == "send":
+            raise RuntimeError("a broken hook")
+
+
+async def test_a_raising_sync_hook_never_reaches_kiq(caplog: pytest.LogCaptureFixture) -> None:
+    # Answering at send runs the other middlewares' hooks in the producer: one that raises
+    # when called (not when awaited) is logged, and kiq() still returns the answer.
+    broker = InMemoryBroker()
+    broker.add_middlewares(CacheMiddleware(cache=InMemoryCacheAdapter()), _SyncHookFails())
+    runs = Counter[int]()
+
+    @broker.task
+    async def double(x: int) -> int:
+        runs[x] += 1
+        return x * 2
+
+    await broker.startup()
+    try:
+        assert (await (await double.kiq(4)).wait_result(timeout=5)).return_value == 8
+        with caplog.at_level(logging.ERROR, logger="taskiq_flow.middlewares"):
+            answered = await double.kiq(4)
+        assert (await answered.wait_result(timeout=5)).return_value == 8
+        assert runs[4] == 1
+        assert "post_execute failed for a task answered at send" in caplog.text
+    finally:
+        await broker.shutdown()

@@ -92,7 +92,7 @@ class Answers:
             others = [m for m in reversed(broker.middlewares) if m is not mw]
             for other in others:
                 if type(other).post_execute is not TaskiqMiddleware.post_execute:
-                    await _quietly("post_execute", other.post_execute(message, result))
+                    await _quietly("post_execute", other.post_execute, message, result)
             backend = broker.result_backend
             if _records_live_in(backend):
                 # Its results are the records: written before kiq returns, as a worker would.
@@ -100,7 +100,7 @@ class Answers:
             self._save(backend, message.task_id, result)
             for other in others:
                 if type(other).post_save is not TaskiqMiddleware.post_save:
-                    await _quietly("post_save", other.post_save(message, result))
+                    await _quietly("post_save", other.post_save, message, result)
         finally:
             CURRENT.reset(token)
         mw._counters["answered_at_send"] += 1
@@ -191,8 +191,9 @@ def _records_live_in(backend: AsyncResultBackend[Any]) -> bool:
     return isinstance(backend, StorageResultBackend)
 
 
-async def _quietly(hook: str, outcome: Any) -> None:
+async def _quietly(hook: str, method: Any, *args: Any) -> None:
+    # The call itself inside the try: a sync hook raises when called, not when awaited.
     try:
-        await maybe_awaitable(outcome)
+        await maybe_awaitable(method(*args))
     except Exception:
         logger.exception("A middleware's %s failed for a task answered at send.", hook)

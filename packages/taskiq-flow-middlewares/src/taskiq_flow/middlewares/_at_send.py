@@ -64,6 +64,8 @@ _Kick = Callable[[BrokerMessage], Awaitable[Any]]
 _GATE_MARK = "__taskiq_flow_send_gate__"
 _RETRY_AFTER = 5.0
 """Seconds the gate stops asking a cache that failed at send (kiq must stay fast)."""
+_REFRESHED_KEPT = 10_000
+"""Keys whose one in-process refresh window is remembered at most (expired ones dropped)."""
 _PIPELINE_LABELS = ("pipeline_id", "pipeline_node")
 
 
@@ -116,6 +118,7 @@ class SendGate:
         self._watches: dict[str, _Watch] = {}
         self._down_until = 0.0
         self._refreshed: dict[str, float] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._answers = Answers(middleware)
 
     # -- installation ----------------------------------------------------------------------
@@ -273,6 +276,9 @@ class SendGate:
             now = time.monotonic()
             if self._refreshed.get(key, 0.0) > now:
                 return
+            if len(self._refreshed) >= _REFRESHED_KEPT:
+                # Bounded: forget the refreshes whose window is over.
+                self._refreshed = {k: t for k, t in self._refreshed.items() if t > now}
             self._refreshed[key] = now + _RETRY_AFTER
         try:
             await send(self._relabelled(wire, held.token or "", refresh=True))
@@ -360,7 +366,9 @@ class SendGate:
 
     def _release_later(self, key: str, token: str) -> None:
         task = asyncio.get_running_loop().create_task(self.release_quietly(key, token))
-        task.add_done_callback(lambda _: None)
+        # Keep a reference until it is done: the loop holds tasks only weakly.
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def close(self) -> None:
         """Finish the backend writes; stop watching; send every call still held."""
