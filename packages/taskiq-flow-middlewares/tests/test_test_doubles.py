@@ -2,6 +2,10 @@
 
 People test their apps with mocks of the adapters; both middlewares (and the result
 backend) take them, and StorageMiddleware drives one like the real thing.
+
+The mocks here are the feature under test, not stand-ins for a backend: issue 15 promises
+that a user's ``MagicMock(spec=...)`` / ``create_autospec`` double of our adapters is
+accepted. No test elsewhere uses a mock in place of a real Redis or SQLite.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class DogpileLock:
         # unchanged knows no flight here landed a value while the read was suspended.
         self._landed = 0
 
-    async def get_or_create(  # noqa: PLR0912, PLR0917 - hit and miss in one frame (hot path)
+    async def get_or_create(  # noqa: PLR0917 - hit and miss in one frame (hot path)
         self,
         key: str,
         creator: Creator,
@@ -194,19 +194,10 @@ class DogpileLock:
                 value = await self._create(request, "", None)
             else:
                 value = await self._create_unless_landed(request, payload)
-        except Exception as exc:
-            joined = flights.pop(key, None)
-            if isinstance(joined, asyncio.Future):
-                _settle(joined, exc)
+        except BaseException as exc:
+            _fail_flight(flights, key, exc)
             raise
-        except BaseException:
-            joined = flights.pop(key, None)
-            if isinstance(joined, asyncio.Future):
-                _settle(joined, _LeaderGone())
-            raise
-        joined = flights.pop(key, None)
-        if isinstance(joined, asyncio.Future):
-            joined.set_result(value)  # someone joined while we were creating
+        _land_flight(flights, key, value)
         return value
 
     async def refresh(
@@ -243,19 +234,10 @@ class DogpileLock:
                 value = await self._create(request, "", None)
             else:
                 value = await self._fill(request, None, seen, lease_seconds)
-        except Exception as exc:
-            joined = flights.pop(key, None)
-            if isinstance(joined, asyncio.Future):
-                _settle(joined, exc)
+        except BaseException as exc:
+            _fail_flight(flights, key, exc)
             raise
-        except BaseException:
-            joined = flights.pop(key, None)
-            if isinstance(joined, asyncio.Future):
-                _settle(joined, _LeaderGone())
-            raise
-        joined = flights.pop(key, None)
-        if isinstance(joined, asyncio.Future):
-            joined.set_result(value)
+        _land_flight(flights, key, value)
         return value
 
     # -- miss: joining a flight; the lease ---------------------------------------------
@@ -524,6 +506,20 @@ class DogpileLock:
 
 def _expiring_ttl(ttl: object) -> int | None:
     return check_ttl(ttl, "Expiring.ttl_seconds", CacheValueError.about)
+
+
+def _land_flight(flights: dict[str, Any], key: str, value: Any) -> None:
+    """End the leader's flight of ``key`` with ``value`` (for whoever joined it)."""
+    joined = flights.pop(key, None)
+    if isinstance(joined, asyncio.Future):
+        joined.set_result(value)
+
+
+def _fail_flight(flights: dict[str, Any], key: str, exc: BaseException) -> None:
+    """End the flight of ``key`` with ``exc``; a cancelled leader makes joiners start over."""
+    joined = flights.pop(key, None)
+    if isinstance(joined, asyncio.Future):
+        _settle(joined, exc if isinstance(exc, Exception) else _LeaderGone())
 
 
 def _settle(flight: asyncio.Future[Any], exc: BaseException) -> None:
