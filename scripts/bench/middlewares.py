@@ -18,8 +18,13 @@ does nothing; all-miss of a task doing 1 ms of CPU work; and, for a task that sl
     uv run python scripts/bench/middlewares.py [--tasks 500] [--repeat 21] [--opcodes] [--json]
         [--metrics on|off]
 
-``--metrics off`` builds the stack with ``metrics=False`` (Prometheus metrics and span
-attributes off; they are on by default when prometheus-client is installed).
+Metrics on vs off, in the same run: a second stack built with ``metrics=False`` on both
+middlewares (no Prometheus metrics, no span attributes) runs interleaved with the first,
+and the ``metrics ... vs off`` rows give the first's rate over its (all-miss and all-hit;
+the ratio is the median of the per-round ratios, so drift between rounds cancels out).
+Metrics are on by default when prometheus-client (or opentelemetry-api) is installed;
+``--metrics off`` builds the first stack with ``metrics=False`` too (an A/A check: its
+ratios show the run's noise).
 """
 
 from __future__ import annotations
@@ -47,18 +52,21 @@ import _reference  # a sibling module of this script, found through sys.path
 # -- the benchmark ------------------------------------------------------------------------
 
 METRICS = {"on": True}
+PAIRED = [("stack", "nometrics")]  # metrics on vs off: compared round by round
 
 
 def make_broker(kind: str, n: int) -> tuple[InMemoryBroker, dict[str, Any]]:
-    """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"lean"`` or ``"floor"``.
+    """``kind``: ``"bare"``, ``"stack"`` (both middlewares), ``"nometrics"`` (the same,
+    ``metrics=False``), ``"lean"`` or ``"floor"``.
 
     Tasks: ``work`` (does nothing), ``busy`` (1 ms of CPU), ``slow`` (sleeps 20 ms).
     """
     broker = InMemoryBroker(await_inplace=True, max_stored_results=n * 4)
-    if kind == "stack":
+    if kind in {"stack", "nometrics"}:
+        metrics = METRICS["on"] and kind == "stack"
         broker.add_middlewares(
-            CacheMiddleware(InMemoryCacheAdapter(max_entries=n * 4), metrics=METRICS["on"]),
-            StorageMiddleware(InMemoryStorageAdapter(max_entries=n * 4)),
+            CacheMiddleware(InMemoryCacheAdapter(max_entries=n * 4), metrics=metrics),
+            StorageMiddleware(InMemoryStorageAdapter(max_entries=n * 4), metrics=metrics),
         )
 
     @broker.task
@@ -92,7 +100,11 @@ async def _one_round(work: Any, hit: bool, n: int, offset: int) -> float:
 async def compare(
     hit: bool, n: int, repeat: int, kinds: list[str], task: str = "work"
 ) -> dict[str, float]:
-    """Median tasks/s of each kind of broker, rounds interleaved."""
+    """Median tasks/s of each kind of broker, rounds interleaved.
+
+    Also ``"<kind>/<other>"``: the median over rounds of ``kind``'s rate over ``other``'s
+    in the same round, for the pairs of ``PAIRED`` (drift between rounds cancels out).
+    """
     brokers = {kind: make_broker(kind, n) for kind in kinds}
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     for broker, _ in brokers.values():
@@ -109,7 +121,12 @@ async def compare(
     finally:
         for broker, _ in brokers.values():
             await broker.shutdown()
-    return {kind: statistics.median(values) for kind, values in samples.items()}
+    medians = {kind: statistics.median(values) for kind, values in samples.items()}
+    for kind, other in PAIRED:
+        if kind in samples and other in samples:
+            paired = [a / b for a, b in zip(samples[kind], samples[other], strict=True)]
+            medians[f"{kind}/{other}"] = statistics.median(paired)
+    return medians
 
 
 async def latency(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -161,8 +178,8 @@ async def main() -> None:
     n, repeat = args.tasks, args.repeat
     METRICS["on"] = args.metrics == "on"
 
-    miss = await compare(False, n, repeat, ["bare", "stack", "lean", "floor"])
-    hit = await compare(True, n, repeat, ["bare", "stack"])
+    miss = await compare(False, n, repeat, ["bare", "stack", "nometrics", "lean", "floor"])
+    hit = await compare(True, n, repeat, ["bare", "stack", "nometrics"])
     busy = await compare(False, max(n // 5, 20), repeat, ["bare", "stack"], task="busy")
 
     broker, stack_tasks = make_broker("stack", 1000)
@@ -209,6 +226,16 @@ async def main() -> None:
             "-",
         ),
         ("20 ms task: execute vs hit (ms)", exec_s * 1e3, hit_s * 1e3, exec_s / hit_s, ">= 20"),
+        *(
+            (
+                f"{label} tasks/s, metrics {args.metrics} vs off",
+                rates["nometrics"],
+                rates["stack"],
+                rates["stack/nometrics"],
+                ">= 0.95",
+            )
+            for label, rates in (("all-miss", miss), ("all-hit", hit))
+        ),
     ]
     if args.opcodes:
         ops = {kind: await count_opcodes(kind) for kind in ("bare", "stack", "lean", "floor")}

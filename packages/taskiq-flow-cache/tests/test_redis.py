@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from taskiq_flow.cache import (
     CacheValueError,
 )
 from taskiq_flow.cache.redis import DEFAULT_KEY_PREFIX, RedisCacheAdapter
+from taskiq_flow.cache.stats import LOCK_WAIT
 from taskiq_flow_testing import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -45,7 +47,8 @@ async def test_a_fresh_hit_is_exactly_one_command(client: aioredis.Redis) -> Non
     assert await cache.get_or_create("k", lambda: {"v": 1}, 60) == {"v": 1}
     await client.config_resetstat()
     assert await cache.get_or_create("k", lambda: {"v": 2}, 60) == {"v": 1}
-    assert await _commands_since_reset(client) == {"cmdstat_get": 1}
+    # One round trip: the read-or-acquire script, which found the entry (its GET inside).
+    assert await _commands_since_reset(client) == {"cmdstat_evalsha": 1, "cmdstat_get": 1}
 
     await client.config_resetstat()
     assert await cache.get("k") == {"v": 1}
@@ -60,11 +63,75 @@ async def test_a_miss_takes_the_lease_in_one_script(client: aioredis.Redis) -> N
     await client.config_resetstat()
     await cache.get_or_create("k", lambda: 1, 60)
     info: dict[str, Any] = await client.info("commandstats")
-    # Round trips: GET (the miss), EVALSHA acquire, EVALSHA commit (SET + release + wake).
-    # commandstats also counts the commands the scripts run inside Redis.
+    # Two round trips: EVALSHA read-or-acquire (GET, GET lease, SET NX lease), EVALSHA
+    # commit (GET lease, SET value, DEL lease, RPUSH + PEXPIRE wake). commandstats also
+    # counts the commands the scripts run inside Redis: those are all it lists besides.
     assert info["cmdstat_evalsha"]["calls"] == 2
     assert info["cmdstat_evalsha"]["failed_calls"] == 0
+    inside = {"cmdstat_get", "cmdstat_set", "cmdstat_del", "cmdstat_rpush", "cmdstat_pexpire"}
+    assert set(info) - {"cmdstat_evalsha", "cmdstat_config|resetstat"} <= inside
     assert "cmdstat_script|load" not in info
+
+
+async def test_a_coalesced_batch_of_hits_and_misses_is_one_round_trip(
+    client: aioredis.Redis,
+) -> None:
+    """Read-or-acquire is declared repeatable, so concurrent first looks share a pipeline."""
+    cache = RedisCacheAdapter(client=client)
+    await cache.get_or_create("warm-up", lambda: 1, 60)
+    for i in range(5):
+        await cache.set(f"hit-{i}", i)
+    batches = cache.connection.coalescer.batches
+    values = await asyncio.gather(
+        *(cache.get_or_create(f"hit-{i}", lambda: -1, 60) for i in range(5)),
+        *(cache.get_or_create(f"miss-{i}", lambda i=i: i * 10, 60) for i in range(5)),
+    )
+    assert values == [0, 1, 2, 3, 4, 0, 10, 20, 30, 40]
+    # The ten first looks left as one batch; the five commits (AsyncScript: not
+    # coalesced) one by one.
+    assert cache.connection.coalescer.batches == batches + 1
+
+
+async def test_a_repeated_read_or_acquire_takes_its_own_lease_for_acquired(
+    client: aioredis.Redis,
+) -> None:
+    """What a retried batch does: the script runs again with the same token."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    first = await cache._read_or_acquire("k", "tok")
+    again = await cache._read_or_acquire("k", "tok")
+    other = await cache._read_or_acquire("k", "someone-else")
+    assert first.acquired
+    assert again.holder == "tok"
+    assert other.holder == "tok"
+    assert not other.acquired
+    # The lock takes "held by my own token" for its own lease: it creates, once.
+    calls = 0
+
+    def creator() -> str:
+        nonlocal calls
+        calls += 1
+        return "made"
+
+    assert await cache.get_or_create("k", creator, 60, lease_token="tok") == "made"  # noqa: S106
+    assert calls == 1
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
+
+
+async def test_a_commit_whose_lease_was_removed_stores_nothing(client: aioredis.Redis) -> None:
+    """The rule behind invalidation: only the lease's holder may write the entry."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    started = asyncio.Event()
+
+    async def creator() -> str:
+        started.set()
+        await asyncio.sleep(0.3)
+        return "outdated"
+
+    creation = asyncio.create_task(cache.get_or_create("k", creator, 60))
+    await started.wait()
+    await client.delete(DEFAULT_KEY_PREFIX + "lock:k")  # what an invalidation does
+    assert await creation == "outdated"  # the caller still gets its value
+    assert await client.exists(DEFAULT_KEY_PREFIX + "v:k") == 0
 
 
 async def test_lease_key_is_released_after_success_and_failure(client: aioredis.Redis) -> None:
@@ -311,3 +378,49 @@ async def test_a_redis_error_reply_is_a_backend_error(client: aioredis.Redis) ->
     with pytest.raises(CacheBackendError):
         await cache.get_or_create("k", lambda: 1, 60)
     assert cache.get_stats()["backend_errors"] == 2
+
+
+async def test_an_outage_logs_once_and_counts_every_uncached_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """fallback_on_error: each call runs its creator; the log gets one line, not fifty."""
+    cache = RedisCacheAdapter(
+        f"redis://127.0.0.1:{free_port()}", fallback_on_error=True, retries=0, connect_timeout=0.2
+    )
+    caplog.set_level(logging.WARNING, logger="taskiq_flow.cache")
+    try:
+        values = [await cache.get_or_create(f"k{i}", lambda i=i: i, 60) for i in range(50)]
+    finally:
+        await cache.close()
+    assert values == list(range(50))
+    stats = cache.get_stats()
+    assert stats["uncached"] == 50
+    lines = [r for r in caplog.records if "uncached" in r.getMessage()]
+    assert len(lines) == 1
+    assert "cache backend failed" in lines[0].getMessage()
+
+
+async def test_a_waiter_reports_how_long_it_waited(redis_url: str) -> None:
+    """LOCK_WAIT: set in the waiter's own context only; the stats sum every wait."""
+    holder = RedisCacheAdapter(redis_url, lock_timeout=5)
+    waiter = RedisCacheAdapter(redis_url, lock_timeout=5)
+
+    async def slow() -> str:
+        await asyncio.sleep(0.3)
+        return "v"
+
+    async def waited_for(adapter: RedisCacheAdapter) -> float:
+        await adapter.get_or_create("wait-k", slow, 60)
+        return LOCK_WAIT.get(0.0)
+
+    try:
+        leader = asyncio.create_task(waited_for(holder))
+        await asyncio.sleep(0.05)
+        wait = await asyncio.create_task(waited_for(waiter))
+        assert await leader == 0.0  # the creator did not wait
+        assert 0.15 < wait < 1.0
+        assert waiter.get_stats()["lock_wait_seconds"] == pytest.approx(wait)
+        assert LOCK_WAIT.get(0.0) == 0.0  # each task waited in its own context
+    finally:
+        await holder.close()
+        await waiter.close()

@@ -272,7 +272,8 @@ def test_cache_stats(capsys: pytest.CaptureFixture[str], redis_url: str) -> None
     assert code == EXIT_OK
     assert data["backend"].startswith("redis")
     assert data["reachable"] is True
-    assert data["stats"]["scope"] == "process"
+    assert data["stats"]["scope"] == "cluster"  # every worker's counts, none yet
+    assert (data["stats"]["hits"], data["stats"]["by_task"]) == (0, {})
     assert (data["stats"]["entries"], data["stats"]["leases"]) == (0, 0)
     assert "counted on the server" in data["note"]
 

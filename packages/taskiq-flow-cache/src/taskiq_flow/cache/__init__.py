@@ -22,6 +22,7 @@ from taskiq_flow.cache.errors import (
     CacheValueError,
 )
 from taskiq_flow.cache.memory import InMemoryCacheAdapter
+from taskiq_flow.cache.shared_stats import SharedStats
 from taskiq_flow.storage.kit.lifecycle import lazy_exports
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "Expiring",
     "InMemoryCacheAdapter",
     "RedisCacheAdapter",
+    "SharedStats",
 ]
 
 

@@ -64,6 +64,16 @@ class LockBackend(Protocol):
     async def _read_raw(self, key: str) -> bytes | None:
         """The stored entry bytes, or ``None``."""
 
+    async def _read_or_acquire(self, key: str, token: str) -> LeaseResult:
+        """The first look of a call on a backend with a lease: the entry, or else the lease.
+
+        Returns the stored entry if there is one (fresh, stale or corrupt: the caller
+        decides); otherwise takes the lease for ``token`` or reports its holder. A
+        holder equal to ``token`` means ``token`` holds it (taken earlier for this call,
+        or by a repetition of this very request after a dropped connection). One round
+        trip where the backend allows (a miss then costs this and the commit, no more).
+        """
+
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
         """Return the entry unless absent or equal to ``ignore``; else take or report the lease.
 

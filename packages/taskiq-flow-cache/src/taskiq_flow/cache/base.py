@@ -11,23 +11,35 @@ import asyncio
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
-from typing import Any, Literal, NamedTuple
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any, Literal, NamedTuple, overload
 
 from taskiq_flow.cache.codec import CacheEntry, decode_entry
 from taskiq_flow.cache.errors import CacheKeyError, CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
+from taskiq_flow.cache.shared_stats import SharedStats
 from taskiq_flow.cache.stats import CacheStats
-from taskiq_flow.storage.kit.checks import check_key, check_seconds, check_ttl
+from taskiq_flow.storage.kit.checks import check_key, check_pattern, check_seconds, check_ttl
 from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
 __all__ = [
+    "MAX_TAGS",
+    "MAX_TAG_LENGTH",
     "BaseCacheAdapter",
     "CacheLookup",
     "check_cache_key",
+    "check_cache_pattern",
     "check_cache_seconds",
+    "check_cache_tag",
+    "check_cache_tags",
     "check_cache_ttl",
 ]
+
+MAX_TAGS = 32
+"""Most tags one call may attach to an entry."""
+
+MAX_TAG_LENGTH = 256
+"""Longest tag, in characters."""
 
 _GRANTED = LeaseResult(None, True, None)
 
@@ -64,6 +76,48 @@ def check_cache_key(key: object) -> str:
         CacheKeyError: not a ``str``, empty, or not encodable as UTF-8.
     """
     return check_key(key, CacheKeyError)
+
+
+def check_cache_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a usable glob pattern (a ``str`` encodable as UTF-8).
+
+    Raises:
+        CacheKeyError: anything else.
+    """
+    return check_pattern(pattern, CacheKeyError)
+
+
+def check_cache_tag(tag: object) -> str:
+    """Return ``tag`` if it is a usable tag: a key of at most ``MAX_TAG_LENGTH`` characters.
+
+    Raises:
+        CacheValueError: not a ``str``, empty, too long, or not encodable as UTF-8.
+    """
+    text = check_key(tag, _tag_error)
+    if len(text) > MAX_TAG_LENGTH:
+        raise _tag_error(text[:40] + "...", f"longer than {MAX_TAG_LENGTH} characters")
+    return text
+
+
+def check_cache_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Return ``tags`` checked and without repeats, in order (at most :data:`MAX_TAGS`).
+
+    Raises:
+        CacheValueError: a bare ``str`` (not iterated), more than :data:`MAX_TAGS`
+            tags, or one bad tag.
+    """
+    if isinstance(tags, str | bytes):
+        raise CacheValueError(f"tags are an iterable of str, not a single {type(tags).__name__}")
+    unique: dict[str, None] = {}
+    for tag in tags:
+        unique[check_cache_tag(tag)] = None
+        if len(unique) > MAX_TAGS:
+            raise CacheValueError(f"at most {MAX_TAGS} tags per entry")
+    return tuple(unique)
+
+
+def _tag_error(value: object, reason: str) -> Exception:
+    return CacheValueError(f"invalid cache tag {value!r}: {reason.replace('keys', 'tags')}")
 
 
 def check_cache_ttl(ttl: object, name: str = "ttl_seconds") -> int | None:
@@ -103,6 +157,9 @@ class BaseCacheAdapter(AsyncClosing, ABC):
 
     default_ttl: int | None
     _scope: str = "process"
+    shared_stats: SharedStats | None = None
+    """Where per-task counts go to be added up across processes (Redis: a hash); ``None``
+    for a backend that lives in one process. Fed by ``CacheMiddleware``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a lease hook the lock would never call (no ``_lease_seconds``)."""
@@ -171,6 +228,88 @@ class BaseCacheAdapter(AsyncClosing, ABC):
     @abstractmethod
     async def clear(self) -> int:
         """Remove every entry of this adapter (and nothing else); return how many."""
+
+    # -- listing and invalidation ------------------------------------------------------------
+    #
+    # The no-resurrection rule: delete, invalidate, delete_pattern and invalidate_tag remove
+    # an entry *and* its lease, and a creation stores its value only while its lease is
+    # still its own. A creation in flight when its key is invalidated therefore returns
+    # its value to its own caller (and to callers already waiting for it) but never writes
+    # it back: the next get_or_create runs the creator again.
+
+    async def keys(self, pattern: str = "*") -> list[str]:
+        r"""Keys of the entries matching the Redis glob ``pattern``, sorted, each once.
+
+        The storage package's glob rules on every backend (``*``, ``?``, ``[a-z]``,
+        ``[^a]``, ``\\`` escapes: see :mod:`taskiq_flow.storage.glob`); ``""`` matches
+        nothing. A key holding ``*?[]\\`` is matched literally by
+        ``escape_glob(key)``.
+
+        Raises:
+            CacheKeyError: ``pattern`` is not a ``str`` encodable as UTF-8.
+            CacheConnectionError: the backend is down.
+        """
+        return sorted({key async for key in self.iter_keys(pattern)})
+
+    @abstractmethod
+    def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate the keys matching ``pattern`` in bounded memory, in no set order.
+
+        On Redis (``SCAN``) a key may come twice if the server resizes its table
+        meanwhile; :meth:`keys` removes duplicates. Errors as :meth:`keys`.
+        """
+
+    @abstractmethod
+    async def delete_pattern(self, pattern: str) -> int:
+        """Remove every entry whose key matches ``pattern`` (as :meth:`keys`); how many.
+
+        Creations of matching keys in flight are invalidated too (their leases go): they
+        store nothing. Bounded memory (Redis: ``SCAN`` batches). Errors as :meth:`keys`.
+        """
+
+    @abstractmethod
+    async def tag(self, key: str, tags: Iterable[str], ttl_seconds: int | None = None) -> None:
+        """Attach ``tags`` to ``key``, so that :meth:`invalidate_tag` removes its entry.
+
+        Call it when the entry is written (before or after). A tag's record of its keys
+        lives as long as the longest ``ttl_seconds`` given for it (``None``:
+        ``default_ttl``; both ``None``: no expiry) plus ``stale_ttl``, never longer than
+        needed; keys whose entries went are pruned.
+
+        Raises:
+            CacheValueError: a bad key, TTL or tag (see :func:`check_cache_tags`).
+            CacheConnectionError: the backend is down.
+        """
+
+    @abstractmethod
+    def iter_tagged(self, tag: str) -> AsyncIterator[str]:
+        """Iterate the keys of the entries carrying ``tag``, in no set order.
+
+        What :meth:`invalidate_tag` would remove now; a key may come twice on Redis.
+
+        Raises:
+            CacheValueError: a bad tag.
+            CacheConnectionError: the backend is down.
+        """
+
+    @abstractmethod
+    async def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry tagged ``tag`` (and the tag); return how many entries went.
+
+        Bounded memory (Redis: batches of the tag's set). In-flight creations of those
+        keys store nothing (see the no-resurrection rule above).
+
+        Raises:
+            CacheValueError: a bad tag.
+            CacheConnectionError: the backend is down.
+        """
+
+    def _tag_ttl(self, ttl_seconds: int | None) -> int | None:
+        """How long a tag must outlive a write with ``ttl_seconds``: its entry's hard expiry."""
+        ttl = self.default_ttl if ttl_seconds is None else check_cache_ttl(ttl_seconds)
+        if ttl is None:
+            return None
+        return ttl + (self.default_stale_ttl or 0)
 
     # -- dogpile ---------------------------------------------------------------------------
 
@@ -354,15 +493,43 @@ class BaseCacheAdapter(AsyncClosing, ABC):
         if self._lease_seconds is not None:
             await self._commit(key, token, None, None)
 
-    def get_stats(self) -> dict[str, Any]:
-        """Counters of this adapter in this process.
+    @overload
+    def get_stats(self, scope: Literal["process"] = "process") -> dict[str, Any]: ...
 
-        Keys: ``hits``, ``misses``, ``hit_rate`` (hits / (hits + misses), 0.0 before any
-        lookup), ``stale_hits``, ``lock_waits``, ``lock_timeouts``, ``regenerations``,
-        ``errors`` (= ``creator_errors`` + ``backend_errors`` + ``corrupt_entries``) and
-        ``scope`` (``"process"``: counted by this adapter instance, not cluster-wide).
+    @overload
+    def get_stats(self, scope: Literal["cluster"]) -> Coroutine[Any, Any, dict[str, Any]]: ...
+
+    def get_stats(
+        self, scope: Literal["process", "cluster"] = "process"
+    ) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
+        """Counters of this adapter in this process, or (awaited) of every process.
+
+        ``scope="process"`` (a dict): ``hits``, ``misses``, ``hit_rate`` (hits / (hits +
+        misses), 0.0 before any lookup), ``stale_hits``, ``lock_waits``,
+        ``lock_timeouts``, ``regenerations``, ``errors`` (= ``creator_errors`` +
+        ``backend_errors`` + ``corrupt_entries``) and ``scope`` (``"process"``).
+
+        ``scope="cluster"`` (``await cache.get_stats(scope="cluster")``): the per-task
+        counts every process wrote to the backend's :attr:`shared_stats` (see
+        :func:`taskiq_flow.cache.shared_stats.summarize`: totals, ``hit_rate`` and
+        ``by_task``), this process's pending counts included. An adapter without shared
+        stats (in memory: the cache lives in one process) gives its process counters,
+        ``"scope": "process"`` and an empty ``by_task``.
+
+        Raises:
+            CacheValueError: another ``scope``.
+            CacheConnectionError: (cluster) the backend is down.
         """
-        return self._stats.snapshot(self._scope)
+        if scope == "process":
+            return self._stats.snapshot(self._scope)
+        if scope == "cluster":
+            return self._cluster_stats()
+        raise CacheValueError(f"scope must be 'process' or 'cluster', got {scope!r}")
+
+    async def _cluster_stats(self) -> dict[str, Any]:
+        if self.shared_stats is None:
+            return {**self._stats.snapshot(self._scope), "by_task": {}}
+        return await self.shared_stats.read()
 
     # -- lease primitives: the protected hooks of taskiq_flow.cache.lock.LockBackend ------
     #
@@ -395,6 +562,17 @@ class BaseCacheAdapter(AsyncClosing, ABC):
         if payload is not None and payload != ignore:
             return LeaseResult(payload, False, None)
         return _GRANTED
+
+    async def _read_or_acquire(self, key: str, token: str) -> LeaseResult:
+        """See :meth:`taskiq_flow.cache.lock.LockBackend._read_or_acquire`.
+
+        This default is a read, then (on a miss) :meth:`_acquire_lease`: two round trips.
+        A backend that can do both in one (Redis: one script) overrides it.
+        """
+        payload = await self._read_raw(key)
+        if payload is not None:
+            return LeaseResult(payload, False, None)
+        return await self._acquire_lease(key, token, ignore=None)
 
     async def _renew_lease(self, key: str, token: str) -> bool:
         """Extend the lease if ``token`` still holds it (no lease: nothing to renew)."""

@@ -39,12 +39,13 @@ token, no heartbeat, no acquire round), not because it has a path of its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
 from inspect import CO_COROUTINE
 from types import FunctionType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from taskiq_flow.cache.backend import Creator, Expiring, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import decode_entry, encode_entry
@@ -54,8 +55,9 @@ from taskiq_flow.cache.errors import (
     CacheLockTimeout,
     CacheValueError,
 )
-from taskiq_flow.cache.stats import CacheStats
+from taskiq_flow.cache.stats import LOCK_WAIT, CacheStats
 from taskiq_flow.storage.kit.checks import check_ttl
+from taskiq_flow.storage.kit.ratelog import OutageLog
 
 __all__ = ["Creator", "DogpileLock", "LeaseResult", "LockBackend", "call_creator"]
 
@@ -129,8 +131,18 @@ class DogpileLock:
         # Creations committed by this lock so far. A lease-less miss whose read saw this
         # unchanged knows no flight here landed a value while the read was suspended.
         self._landed = 0
+        # Whether the backend has a cross-process lease; asked once, on the first call
+        # (an adapter sets its lease period after building its lock).
+        self._leased: bool | None = None
+        # Keys whose flight regenerates a stale entry (callers meanwhile get the stale one).
+        self._regenerating: set[str] = set()
+        # Lease tokens: unique across processes (a random prefix), cheap per call.
+        self._token_prefix = secrets.token_hex(8)
+        self._token_count = itertools.count()
+        # A backend outage makes every call fall back: one line per interval, not per call.
+        self.outage = OutageLog(logger, "cache backend", interval=30.0, level=logging.WARNING)
 
-    async def get_or_create(  # noqa: PLR0917 - hit and miss in one frame (hot path)
+    async def get_or_create(  # noqa: PLR0911, PLR0912, PLR0917 - hit and miss in one frame (hot path)
         self,
         key: str,
         creator: Creator,
@@ -145,9 +157,29 @@ class DogpileLock:
         ``lookup(claim=True)``); when it still holds the lease, this call adopts it.
         """
         # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
+        leased = self._leased
+        if leased is None:
+            leased = self._leased = self._backend._lease_seconds is not None
+        flights = self._flights
         landed = self._landed
+        lease: LeaseResult | None = None
+        token = ""
         try:
-            payload = await self._backend._read_raw(key)
+            if leased:
+                # With a lease the first look also takes it on a miss (one round trip
+                # fewer); a creation of the key running here is joined without one
+                # (a regeneration of a stale entry is not: its callers get the stale value).
+                if key in flights and key not in self._regenerating:
+                    return await self._join(
+                        key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
+                    )
+                token = lease_token or f"{self._token_prefix}{next(self._token_count):x}"
+                lease = await self._backend._read_or_acquire(key, token)
+                payload = lease.payload
+                if self.outage.failing:
+                    self.outage.success()
+            else:
+                payload = await self._backend._read_raw(key)
         except _BACKEND_ERRORS:
             if not fallback_on_error:
                 raise
@@ -170,8 +202,13 @@ class DogpileLock:
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
-        # The miss: an in-process single flight, then the backend's lease (in _fill).
-        flights = self._flights
+        # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
+        request = _new_request(
+            _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
+        )
+        if lease is not None:
+            return await self._leased_miss(request, token, lease)
+        # The miss without a lease: the in-process single flight is the election.
         if key in flights:
             return await self._join(
                 key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
@@ -180,20 +217,44 @@ class DogpileLock:
         # registers one (they join it), so the entry popped below is always ours.
         flights[key] = _PENDING
         try:
-            # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
-            request = _new_request(
-                _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
-            )
-            lease_seconds = self._backend._lease_seconds
-            if lease_seconds is not None:
-                value = await self._fill(request, None, payload, lease_seconds)
-            elif self._landed == landed:
-                # No cross-process lease: the flight just registered is the election, and
-                # no flight here landed a value while the read was suspended (a backend's
-                # _read_raw may await), so there is nothing to re-read.
+            if self._landed == landed:
+                # No flight here landed a value while the read was suspended (a
+                # backend's _read_raw may await), so there is nothing to re-read.
                 value = await self._create(request, "", None)
             else:
                 value = await self._create_unless_landed(request, payload)
+        except BaseException as exc:
+            _fail_flight(flights, key, exc)
+            raise
+        _land_flight(flights, key, value)
+        return value
+
+    async def _leased_miss(self, req: _Request, token: str, lease: LeaseResult) -> Any:
+        """A miss whose first look (``lease``, for ``token``) already asked for the lease.
+
+        Acquired (or held by ``token`` already: adopted from a producer, or taken by a
+        repetition of the script after a dropped connection): create and commit. Held by
+        someone else: wait for them (:meth:`_fill`). A corrupt entry (``lease.payload``
+        set, no lease asked): take the lease over it.
+        """
+        key = req.key
+        flights = self._flights
+        lease_seconds = cast(float, self._backend._lease_seconds)
+        if key in flights:
+            # A caller here started on the key during our round trip.
+            if lease.acquired:
+                # Its leader waits on some other holder; we hold the lease now, so we
+                # create (its leader wakes on our commit) and leave its flight alone.
+                return await self._create(req, token, lease_seconds)
+            return await self._join(*req)
+        flights[key] = _PENDING
+        try:
+            if lease.acquired or (lease.payload is None and await self._adopted(key, token, lease)):
+                value = await self._create(req, token, lease_seconds)
+            elif lease.payload is not None:
+                value = await self._fill(req, lease.payload, lease_seconds, token, None)
+            else:
+                value = await self._fill(req, None, lease_seconds, token, lease)
         except BaseException as exc:
             _fail_flight(flights, key, exc)
             raise
@@ -233,7 +294,7 @@ class DogpileLock:
             if lease_seconds is None:
                 value = await self._create(request, "", None)
             else:
-                value = await self._fill(request, None, seen, lease_seconds)
+                value = await self._fill(request, seen, lease_seconds, secrets.token_hex(16), None)
         except BaseException as exc:
             _fail_flight(flights, key, exc)
             raise
@@ -279,6 +340,13 @@ class DogpileLock:
                 raise
             self._stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
+        finally:
+            self._waited(loop.time() - started)
+
+    def _waited(self, seconds: float) -> None:
+        """Note how long a caller waited for another's creator (stats, ``LOCK_WAIT``)."""
+        self._stats.lock_wait_seconds += seconds
+        LOCK_WAIT.set(seconds)
 
     async def _create_unless_landed(self, req: _Request, seen: bytes | None) -> Any:
         """Lease-less miss after a flight here landed a value during our read: re-read."""
@@ -290,52 +358,66 @@ class DogpileLock:
             self._stats.corrupt_entries += 1
         return await self._create(req, "", None)
 
-    async def _fill(
-        self, req: _Request, deadline: float | None, ignore: bytes | None, lease_seconds: float
+    async def _fill(  # noqa: PLR0912 - the waiter's loop, one frame
+        self,
+        req: _Request,
+        ignore: bytes | None,
+        lease_seconds: float,
+        token: str,
+        lease: LeaseResult | None,
     ) -> Any:
-        """Take the lease and create, take a value that appeared, or wait for the holder."""
+        """Take the lease and create, take a value that appeared, or wait for the holder.
+
+        ``token``: this call's (unique per call: the release is compare-and-delete; an
+        adopted lease keeps the producer's). ``lease``: the outcome of a first attempt
+        already made (``None``: start by asking).
+        """
         key = req.key
         backend = self._backend
-        # A unique token per attempt: the release is compare-and-delete. An adopted lease
-        # (taken by a producer for this very call) keeps its token.
-        token = req.lease_token or secrets.token_hex(16)
+        loop = asyncio.get_running_loop()
         started: float | None = None
-        while True:
-            try:
-                lease = await backend._acquire_lease(key, token, ignore=ignore)
-            except _BACKEND_ERRORS:
-                if not req.fallback_on_error:
-                    raise
-                return await self._uncached(req)
-            if lease.acquired or await self._adopted(key, token, lease):
-                return await self._create(req, token, lease_seconds)
-            if lease.payload is not None:
-                entry = decode_entry(key, lease.payload)
-                if entry is not None:
-                    return entry.value
-                self._stats.corrupt_entries += 1
-                ignore = lease.payload
-                continue
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            if started is None:
-                started = now
-                self._stats.lock_waits += 1
-            if deadline is None:
-                deadline = now + self.max_wait
-            remaining = deadline - now
-            if remaining <= 0:
-                self._stats.lock_timeouts += 1
-                raise CacheLockTimeout(key, loop.time() - started)
-            assert lease.holder is not None  # noqa: S101 - the backend contract
-            try:
-                await backend._wait_for_release(
-                    key, lease.holder, min(backend._poll_interval, remaining)
-                )
-            except _BACKEND_ERRORS:
-                if not req.fallback_on_error:
-                    raise
-                return await self._uncached(req)
+        deadline: float | None = None
+        try:
+            while True:
+                if lease is None:
+                    try:
+                        lease = await backend._acquire_lease(key, token, ignore=ignore)
+                    except _BACKEND_ERRORS:
+                        if not req.fallback_on_error:
+                            raise
+                        return await self._uncached(req)
+                if lease.acquired or await self._adopted(key, token, lease):
+                    return await self._create(req, token, lease_seconds)
+                if lease.payload is not None:
+                    entry = decode_entry(key, lease.payload)
+                    if entry is not None:
+                        return entry.value
+                    self._stats.corrupt_entries += 1
+                    ignore, lease = lease.payload, None
+                    continue
+                now = loop.time()
+                if started is None:
+                    started = now
+                    deadline = now + self.max_wait
+                    self._stats.lock_waits += 1
+                assert deadline is not None  # noqa: S101 - set with started
+                remaining = deadline - now
+                if remaining <= 0:
+                    self._stats.lock_timeouts += 1
+                    raise CacheLockTimeout(key, now - started)
+                assert lease.holder is not None  # noqa: S101 - the backend contract
+                holder, lease = lease.holder, None
+                try:
+                    await backend._wait_for_release(
+                        key, holder, min(backend._poll_interval, remaining)
+                    )
+                except _BACKEND_ERRORS:
+                    if not req.fallback_on_error:
+                        raise
+                    return await self._uncached(req)
+        finally:
+            if started is not None:
+                self._waited(loop.time() - started)
 
     async def _adopted(self, key: str, token: str, lease: LeaseResult) -> bool:
         """Whether ``lease`` is held by ``token`` itself (handed over), now renewed to full."""
@@ -439,6 +521,7 @@ class DogpileLock:
             return stale
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
+        self._regenerating.add(key)
         lease_seconds = self._backend._lease_seconds
         token = "" if lease_seconds is None else (req.lease_token or secrets.token_hex(16))
         try:
@@ -471,6 +554,7 @@ class DogpileLock:
             _settle(flight, _LeaderGone())
             if self._flights.get(key) is flight:
                 del self._flights[key]
+                self._regenerating.discard(key)
 
     async def _refresh_lease(
         self, key: str, token: str, payload: bytes, landed: int
@@ -496,7 +580,8 @@ class DogpileLock:
             return LeaseResult(None, False, None)
 
     async def _uncached(self, req: _Request) -> Any:
-        logger.warning("cache backend unavailable; calling the creator of %r uncached", req.key)
+        self._stats.uncached += 1
+        self.outage.failure("calling the creator of %r uncached", req.key)
         try:
             return await call_creator(req.creator)
         except Exception:

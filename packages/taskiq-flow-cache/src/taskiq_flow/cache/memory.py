@@ -4,17 +4,33 @@ Entries live encoded (msgpack) in the storage package's
 :class:`~taskiq_flow.storage.kit.TTLStore`, the store under the in-memory storage
 adapter too. The dogpile lock's single flight is all the locking one process needs, so
 this backend has no lease (``_lease_seconds`` is ``None``): on a miss the flight's
-leader creates at once, and its commit is a plain store.
+leader creates at once, and its commit is a plain store, skipped once for a key
+invalidated while its creation was in flight (the no-resurrection rule of
+:class:`~taskiq_flow.cache.base.BaseCacheAdapter`: there is no lease to delete, so the
+adapter remembers the invalidation until that creation's commit).
+
+Tags are a dict ``tag -> set of keys``; keys whose entries went (deleted, expired or
+evicted) are pruned in a sweep whenever the pairs held reach twice those of the last
+sweep (plus 1024), so memory stays proportional to the live entries and their tags.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from taskiq_flow.cache.base import BaseCacheAdapter, check_cache_key, check_cache_ttl
+from taskiq_flow.cache.base import (
+    BaseCacheAdapter,
+    check_cache_key,
+    check_cache_pattern,
+    check_cache_tag,
+    check_cache_tags,
+    check_cache_ttl,
+)
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheValueError
+from taskiq_flow.storage.glob import compile_glob
 from taskiq_flow.storage.kit.checks import check_count
 from taskiq_flow.storage.kit.memory import TTLStore
 
@@ -59,6 +75,11 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         )
         self.max_entries = max_entries
         self._store = TTLStore(max_entries)
+        # Keys invalidated while their creation was in flight: that commit stores nothing.
+        self._invalidated: set[str] = set()
+        self._tags: dict[str, set[str]] = {}
+        self._tag_pairs = 0
+        self._swept_pairs = 0
 
     def __repr__(self) -> str:
         return f"InMemoryCacheAdapter(entries={len(self._store)}, max_entries={self.max_entries})"
@@ -76,13 +97,80 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
         self._store.put(key, (encode_entry(key, value), now, None if ttl is None else now + ttl))
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; return whether a live entry was there."""
+        """Remove ``key`` (a creation of it in flight stores nothing); whether it was there."""
         check_cache_key(key)
+        self._stop_flights((key,))
         return self._store.pop(key, time.time())
 
     async def clear(self) -> int:
         """Remove every entry; return how many live ones there were."""
-        return self._store.clear(time.time())
+        removed = self._store.clear(time.time())
+        self._sweep_tags()
+        return removed
+
+    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate the keys of live entries matching ``pattern`` (over a snapshot)."""
+        match = compile_glob(check_cache_pattern(pattern))
+        for key in self._store.live_keys(time.time()):
+            if match(key):
+                yield key
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Remove every entry whose key matches ``pattern``; how many live ones went."""
+        match = compile_glob(check_cache_pattern(pattern))
+        now = time.time()
+        # Creations in flight count too, with or without an entry yet (no resurrection).
+        self._stop_flights(filter(match, self._lock._flights))
+        doomed = list(filter(match, self._store.live_keys(now)))
+        return sum(self._store.pop(key, now) for key in doomed)
+
+    async def tag(self, key: str, tags: Iterable[str], ttl_seconds: int | None = None) -> None:
+        """Attach ``tags`` to ``key`` (see :meth:`BaseCacheAdapter.tag`)."""
+        check_cache_key(key)
+        checked = check_cache_tags(tags)
+        self._tag_ttl(ttl_seconds)  # checked like the other backends' (no expiry here)
+        for tag in checked:
+            keys = self._tags.setdefault(tag, set())
+            if key not in keys:
+                keys.add(key)
+                self._tag_pairs += 1
+        if self._tag_pairs > 2 * self._swept_pairs + 1024:
+            self._sweep_tags()
+
+    async def iter_tagged(self, tag: str) -> AsyncIterator[str]:
+        """Iterate the keys of the live entries carrying ``tag`` (over a snapshot)."""
+        keys = self._tags.get(check_cache_tag(tag), set())
+        for key in [key for key in self._store.live_keys(time.time()) if key in keys]:
+            yield key
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry tagged ``tag``; how many live ones went."""
+        keys = self._tags.pop(check_cache_tag(tag), set())
+        self._tag_pairs -= len(keys)
+        self._stop_flights(keys)
+        now = time.time()
+        return sum(self._store.pop(key, now) for key in keys)
+
+    def _stop_flights(self, keys: Iterable[str]) -> None:
+        """Make the commit of every creation of ``keys`` in flight store nothing."""
+        flights = self._lock._flights
+        self._invalidated.update(key for key in keys if key in flights)
+        if len(self._invalidated) > len(flights):
+            # A creation that ended without its commit (none does today) leaves no mark.
+            self._invalidated.intersection_update(flights)
+
+    def _sweep_tags(self) -> None:
+        """Drop the keys whose entries went (and creations ended) from every tag."""
+        live = set(self._store.live_keys(time.time()))
+        live.update(self._lock._flights)
+        pairs = 0
+        for tag, keys in list(self._tags.items()):
+            keys.intersection_update(live)
+            if keys:
+                pairs += len(keys)
+            else:
+                del self._tags[tag]
+        self._tag_pairs = self._swept_pairs = pairs
 
     # -- lease primitives: the in-process single flight already elected the creator ------
 
@@ -93,6 +181,10 @@ class InMemoryCacheAdapter(BaseCacheAdapter):
     async def _commit(
         self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
     ) -> None:
+        if self._invalidated and key in self._invalidated:
+            # Invalidated while this creation ran: its value goes to its callers only.
+            self._invalidated.discard(key)
+            return
         if payload is not None:
             now = _now()
             self._store.put(key, (payload, now, None if ttl_ms is None else now + ttl_ms / 1000))

@@ -9,10 +9,16 @@ package's ``taskiq_flow:``):
   pushes one element; every waiter blocks on it with ``BLMOVE list list LEFT RIGHT``, a
   rotation, so the single element wakes each blocked waiter in turn and stays for late
   comers until the list expires. Tied to the holder's token, a wake-up can never be
-  mistaken for a later lease's.
+  mistaken for a later lease's;
+- ``{prefix}stats`` — one hash of every process's per-task counters, each process adding
+  its own at most once per ``cluster_stats_interval`` (:mod:`taskiq_flow.cache.shared_stats`).
 
-Lease transitions are Lua scripts (one atomic round trip each): acquire-or-read, renew
-(``PEXPIRE`` only if the token matches) and commit (store the value, compare-and-delete the
+Every call's first look is one script, read-or-acquire: the entry if there is one (a hit:
+one round trip, coalesced with the other commands of its event-loop turn), else the lease
+taken in the same round trip. A miss is then that and the commit: two round trips. Lease
+transitions are Lua scripts too (one atomic round trip each): acquire-or-read (a waiter's
+retry, a stale entry's regeneration), renew (``PEXPIRE`` only if the token matches) and
+commit (store the value only if the token still holds the lease, compare-and-delete the
 lease, push the wake-up).
 
 On a Redis Cluster (``redis+cluster://``) the ``{key}`` part of the three names is a
@@ -20,25 +26,49 @@ hash tag (:func:`taskiq_flow.storage.kit.cluster.hash_tag`: ``{key}``, or a dige
 then the key when the key holds a brace), so one key's entry, lease and wake-up list
 share a slot and each script touches one slot; the prefix may not hold a ``{``. On one
 server or Sentinel the names stay as above. ``clear`` and ``inventory`` scan every primary.
+
+Listing and invalidation (``keys``, ``iter_keys``, ``delete_pattern``, ``invalidate_tag``):
+
+- ``delete``/``invalidate`` remove the entry and its lease in one script, so that a creation
+  in flight stores nothing (commit stores only while its token holds the lease);
+  ``delete_pattern`` does the same for every match, leases first, in ``SCAN`` batches;
+- ``{prefix}tag:{tag}`` — a set of the keys carrying ``tag`` (``SADD``), expiring with the
+  longest entry added to it, so it never outlives its entries. ``invalidate_tag`` renames it
+  away atomically (a key tagged meanwhile starts a new set) and pops it in batches,
+  removing each member's entry and lease; on a Cluster the set has its own slot and the
+  members are removed per slot;
+- on one server or Sentinel a pattern goes into ``SCAN MATCH`` after the escaped prefix:
+  Redis matches it. On a Cluster the key is wrapped in its hash tag (``v:{key}``, or
+  ``v:{digest}key``), which a pattern cannot see through: every entry name under the
+  prefix is scanned, turned back into its key (:func:`~taskiq_flow.storage.kit.cluster.untag`)
+  and matched here with the same glob rules (:mod:`taskiq_flow.storage.glob`), so a
+  narrow pattern costs a scan of the whole prefix there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import secrets
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
 from taskiq_flow.cache.backend import LeaseResult
 from taskiq_flow.cache.base import (
     BaseCacheAdapter,
     check_cache_key,
+    check_cache_pattern,
     check_cache_seconds,
+    check_cache_tag,
+    check_cache_tags,
     check_cache_ttl,
 )
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
-from taskiq_flow.storage.glob import escape_glob
+from taskiq_flow.cache.shared_stats import SharedStats
+from taskiq_flow.storage.glob import compile_glob, escape_glob
 from taskiq_flow.storage.kit.checks import check_key
-from taskiq_flow.storage.kit.cluster import check_tag_prefix, hash_tag
+from taskiq_flow.storage.kit.cluster import check_tag_prefix, hash_tag, untag
 from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
@@ -56,6 +86,20 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {2}
 """
 
+# The first look of a call (a hit, or a miss that takes the lease in the same round trip).
+# KEYS: value, lease. ARGV: token, lease ms.
+# -> the entry (bulk string) | 2 (acquired) | {holder token}
+# Repeatable: run again with the same token after a dropped connection, it finds its own
+# token holding the lease and says so ({token}), which the lock takes for "acquired".
+_READ_OR_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {holder} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+
 # KEYS: lease. ARGV: token, lease ms.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -66,22 +110,71 @@ return 0
 
 # KEYS: value, lease, wake list. ARGV: token, payload, ttl ms ('' = none), wake ttl ms,
 # status ('ok' = store payload, 'err' = creator failed, store nothing).
+# The value is stored only while ARGV[1] still holds the lease: a lease that lapsed (and
+# maybe went to another creator) or was removed by an invalidation stores nothing, so a
+# creation invalidated while in flight never writes its outdated value back.
 _COMMIT = """
-if ARGV[5] == 'ok' then
-  if ARGV[3] == '' then
-    redis.call('SET', KEYS[1], ARGV[2])
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  end
-end
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[1] then
+  if ARGV[5] == 'ok' then
+    if ARGV[3] == '' then
+      redis.call('SET', KEYS[1], ARGV[2])
+    else
+      redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    end
+  end
   redis.call('DEL', KEYS[2])
   released = 1
 end
 redis.call('RPUSH', KEYS[3], ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return released
+"""
+
+# -- listing and invalidation (not part of the lock) ----------------------------------------
+
+# KEYS: value, lease. -> whether the value was there. The lease goes too: a creation in
+# flight then stores nothing (see _COMMIT).
+_DELETE = """
+local removed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+return removed
+"""
+
+# KEYS: tag set. ARGV: key, ttl ms ('' = none). The set lives as long as its longest entry.
+_TAG = """
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('SADD', KEYS[1], ARGV[1])
+if ARGV[2] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  local left = redis.call('PTTL', KEYS[1])
+  if fresh or (left >= 0 and left < tonumber(ARGV[2])) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+end
+return 1
+"""
+
+# KEYS: tag set, a private name for it (same slot). ARGV: ms the private set may linger
+# if the invalidation dies half-way. -> 1 if the tag had a set.
+_TAKE_TAG = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+_BATCH = 500
+_TAKEN_TAG_MS = 3_600_000
+
+# Cluster-wide stats (taskiq_flow.cache.shared_stats): one process's pending counts added
+# to the one stats hash in one atomic step. KEYS: the hash. ARGV: field, count, ...
+_ADD_STATS = """
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
 """
 
 
@@ -121,6 +214,10 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
             replicas (one server or Sentinel): a failover then loses no lease, so no second
             creator starts. ``0``: asynchronous replication, as Redis does by default.
         wait_timeout: seconds a write waits for its replicas.
+        cluster_stats_interval: seconds between two writes of this process's per-task
+            counts (fed by ``CacheMiddleware``) to the hash ``{key_prefix}stats``, which
+            ``get_stats(scope="cluster")`` reads (see
+            :mod:`taskiq_flow.cache.shared_stats`); ``None``: no cluster-wide stats.
     """
 
     _scope = "process"
@@ -143,6 +240,7 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         max_connections: int = 64,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        cluster_stats_interval: float | None = 1.0,
     ) -> None:
         # The storage key rules: every key is key_prefix + a checked key, so a prefix
         # UTF-8 cannot hold (a lone surrogate) would fail every command.
@@ -192,13 +290,25 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         self._wake_prefix = f"{key_prefix}wake:"
         self._commands = self._redis.commands
         self._acquire_script = self._redis.register_script(_ACQUIRE)
+        self._read_or_acquire_script = self._redis.repeatable_script(_READ_OR_ACQUIRE)
         self._renew_script = self._redis.register_script(_RENEW)
         self._commit_script = self._redis.register_script(_COMMIT)
+        self._tag_prefix = f"{key_prefix}tag:"
+        self._delete_script = self._redis.register_script(_DELETE)
+        self._tag_script = self._redis.register_script(_TAG)
+        self._take_tag_script = self._redis.register_script(_TAKE_TAG)
         errors = self._redis.errors
         self._on_get, self._on_set, self._on_delete = errors("get"), errors("set"), errors("delete")
         self._on_acquire, self._on_renew = errors("lock acquire"), errors("lock renew")
         self._on_commit, self._on_wait = errors("lock release"), errors("lock wait")
         self._on_clear = errors("clear")
+        self._on_tag = errors("tag")
+        self._stats_key = f"{key_prefix}stats"
+        if cluster_stats_interval is not None:
+            interval = check_cache_seconds(cluster_stats_interval, "cluster_stats_interval")
+            self._add_stats_script = self._redis.register_script(_ADD_STATS)
+            self._on_stats = errors("stats")
+            self.shared_stats = SharedStats(self._write_stats, self._read_stats, interval=interval)
 
     # Every mapped Redis failure passes through one of these two: counted once, here.
 
@@ -227,10 +337,14 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
             )
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; return whether it was there."""
+        """Remove ``key`` and its lease (a creation in flight stores nothing); was it there?"""
         check_cache_key(key)
+        tagged = self._tag(key)
         with self._on_delete:
-            return bool(await self._commands.delete(self._value_prefix + self._tag(key)))
+            removed = await self._delete_script(
+                keys=[self._value_prefix + tagged, self._lock_prefix + tagged]
+            )
+        return bool(removed)
 
     async def inventory(self) -> dict[str, int]:
         """What the server holds under this prefix, for every process: entries and leases.
@@ -248,17 +362,35 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         """Remove every value under this adapter's prefix (``SCAN``, never ``KEYS``).
 
         Leases and wake-up lists are left to expire: deleting a live lease would let a
-        second creator start.
+        second creator start. Tag sets go with the entries.
         """
         removed = 0
         async for batch in self._redis.scan(escape_glob(self._value_prefix) + "*", 500, "clear"):
             with self._on_clear:
                 removed += int(await self._commands.unlink(*batch))
+        async for batch in self._redis.scan(escape_glob(self._tag_prefix) + "*", 500, "clear"):
+            with self._on_clear:
+                await self._commands.unlink(*batch)
         return removed
 
     async def close(self) -> None:
-        """Close the client if this adapter created it. Idempotent; errors mapped."""
+        """Close the client if this adapter created it. Idempotent; errors mapped.
+
+        Counts for the cluster-wide stats still pending are written first (best effort).
+        """
+        if self.shared_stats is not None:
+            await self.shared_stats.close()
         await self._redis.close()
+
+    async def _write_stats(self, pairs: list[tuple[str, int]]) -> None:
+        with self._on_stats:
+            await self._add_stats_script(
+                keys=[self._stats_key], args=[item for pair in pairs for item in pair]
+            )
+
+    async def _read_stats(self) -> dict[Any, Any]:
+        with self._on_stats:
+            return cast(dict[Any, Any], await self._commands.hgetall(self._stats_key))
 
     # -- lease primitives ------------------------------------------------------------------
 
@@ -273,6 +405,18 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
     async def _read_raw(self, key: str) -> bytes | None:
         with self._on_get:
             return cast(bytes | None, await self._commands.get(self._value_prefix + self._tag(key)))
+
+    async def _read_or_acquire(self, key: str, token: str) -> LeaseResult:
+        tagged = self._tag(key)
+        with self._on_get:
+            reply = await self._read_or_acquire_script(
+                (self._value_prefix + tagged, self._lock_prefix + tagged), (token, self._lease_ms)
+            )
+        if type(reply) is bytes:
+            return LeaseResult(reply, False, None)
+        if type(reply) is list:
+            return LeaseResult(None, False, bytes(reply[0]).decode("utf-8", "replace"))
+        return _ACQUIRED
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
         # Only a digest travels: the entry to ignore may be large.
@@ -321,6 +465,120 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         # BLMOVE runs on the connection's budget for blocked waiters (see RedisConnection).
         with self._on_wait:
             await self._commands.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
+
+    # -- listing and invalidation ----------------------------------------------------------
+
+    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
+        """Iterate the keys matching ``pattern`` with ``SCAN`` (may repeat a key).
+
+        One server or Sentinel: ``SCAN MATCH`` with the pattern. Cluster: the whole
+        prefix, matched here (see the module doc).
+        """
+        check_cache_pattern(pattern)
+        async for batch in self._scan_keys(self._value_prefix, pattern, "keys"):
+            for key in batch:
+                yield key
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Remove every entry (and lease) whose key matches ``pattern``; how many entries."""
+        check_cache_pattern(pattern)
+        removed = 0
+        async for batch in self._scan_keys(self._value_prefix, pattern, "delete pattern"):
+            removed += await self._remove(batch)
+        # Creations in flight with no entry yet: their leases only.
+        async for batch in self._scan_keys(self._lock_prefix, pattern, "delete pattern"):
+            await self._remove(batch)
+        return removed
+
+    async def tag(self, key: str, tags: Iterable[str], ttl_seconds: int | None = None) -> None:
+        """Add ``key`` to the set of each of ``tags`` (see :meth:`BaseCacheAdapter.tag`)."""
+        check_cache_key(key)
+        checked = check_cache_tags(tags)
+        ttl = self._tag_ttl(ttl_seconds)
+        ttl_ms = "" if ttl is None else ttl * 1000
+        with self._on_tag:
+            for tag in checked:
+                await self._tag_script(keys=[self._tag_name(tag)], args=[key, ttl_ms])
+
+    async def iter_tagged(self, tag: str) -> AsyncIterator[str]:
+        """Iterate the keys of the entries carrying ``tag`` (``SSCAN``, may repeat a key)."""
+        name = self._tag_name(check_cache_tag(tag))
+        cursor = 0
+        while True:
+            with self._on_tag:
+                cursor, members = await self._commands.sscan(name, cursor, count=_BATCH)
+                keys = _decoded(cast("list[bytes]", members))
+                found = await asyncio.gather(
+                    *(self._commands.exists(self._value_prefix + self._tag(k)) for k in keys)
+                )
+            for key, exists in zip(keys, found, strict=True):
+                if exists:
+                    yield key
+            if not cursor:
+                return
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry (and lease) tagged ``tag``, in batches; how many entries."""
+        tagged = self._tag(check_cache_tag(tag))
+        name = self._tag_prefix + tagged
+        taken = f"{self.key_prefix}tagdel:{tagged}:{secrets.token_hex(8)}"
+        with self._on_tag:
+            if not await self._take_tag_script(keys=[name, taken], args=[_TAKEN_TAG_MS]):
+                return 0
+        removed = 0
+        while True:
+            with self._on_tag:
+                members = await self._commands.spop(taken, _BATCH)
+            if not members:
+                return removed
+            removed += await self._remove(_decoded(cast("list[bytes]", members)))
+
+    def _tag_name(self, tag: str) -> str:
+        return self._tag_prefix + self._tag(tag)
+
+    async def _remove(self, keys: list[str]) -> int:
+        """Remove the leases, then the entries, of ``keys``; how many entries were there.
+
+        Leases first: a creation committing between the two commands finds its lease
+        gone and stores nothing; one that committed before has its entry removed next.
+        """
+        if not keys:
+            return 0
+        tagged = [self._tag(key) for key in keys]
+        with self._on_delete:
+            await self._commands.unlink(*(self._lock_prefix + name for name in tagged))
+            return int(await self._commands.unlink(*(self._value_prefix + n for n in tagged)))
+
+    async def _scan_keys(
+        self, prefix: str, pattern: str, operation: str
+    ) -> AsyncIterator[list[str]]:
+        """Batches of the keys under ``prefix`` matching ``pattern`` (see the module doc)."""
+        if not pattern:
+            return
+        cut = len(prefix.encode("utf-8"))
+        if not self._redis.is_cluster:
+            async for batch in self._redis.scan(escape_glob(prefix) + pattern, _BATCH, operation):
+                yield [raw[cut:].decode("utf-8", "surrogateescape") for raw in batch]
+            return
+        match = compile_glob(pattern)
+        async for batch in self._redis.scan(escape_glob(prefix) + "*", _BATCH, operation):
+            keys = []
+            for raw in batch:
+                try:
+                    key = untag(raw[cut:].decode("utf-8", "surrogateescape"))
+                except ValueError:
+                    continue  # not a name this adapter wrote
+                if match(key):
+                    keys.append(key)
+            if keys:
+                yield keys
+
+
+def _decoded(members: list[bytes]) -> list[str]:
+    return [member.decode("utf-8", "surrogateescape") for member in members]
+
+
+_ACQUIRED = LeaseResult(None, True, None)
 
 
 def _as_is(key: str) -> str:

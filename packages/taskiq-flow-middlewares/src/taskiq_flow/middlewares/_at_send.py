@@ -245,8 +245,8 @@ class SendGate:
         assert held.cached is not None  # noqa: S101 - set with the action
         if not await self._answers.answer(message, held.call, held.cached):
             await send(wire)
-        elif self._mw._metrics is not None:
-            self._mw._metrics.cache_request(message.task_name, "at_send", held.call.key)
+        else:
+            self._answered_at_send(message.task_name, held.call.key)
         if held.action == _STALE:
             await self._refresh(held, wire, send)
 
@@ -347,8 +347,16 @@ class SendGate:
             message, wire, call, send = watch.held.pop(0)
             if not await self._answers.answer(message, call, cached):
                 await _send_quietly(send, wire)
-            elif self._mw._metrics is not None:
-                self._mw._metrics.cache_request(message.task_name, "at_send", call.key)
+            else:
+                self._answered_at_send(message.task_name, call.key)
+
+    def _answered_at_send(self, task_name: str, key: str) -> None:
+        """Count a call answered at ``kiq()``: a hit, in Prometheus and the cluster stats."""
+        mw = self._mw
+        if mw._metrics is not None:
+            mw._metrics.cache_request(task_name, "at_send", key)
+        if mw._shared is not None:
+            mw._shared.add(task_name, "hits")
 
     async def _send_held(self, watch: _Watch) -> None:
         while watch.held:

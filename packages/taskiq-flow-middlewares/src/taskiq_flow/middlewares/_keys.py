@@ -104,6 +104,11 @@ def cache_key_for(task: Any, *args: Any, **kwargs: Any) -> str:
             break
     try:
         probe = probe_message(message, broker.formatter)
+    except ValueError as exc:  # the broker's formatter cannot send them (pydantic's error)
+        raise CacheKeyError(
+            f"{message.task_name}(...)", f"its arguments cannot be sent ({exc})"
+        ) from exc
+    try:
         return call_key(probe, _codec.binder(func), source)
     except _codec.Unencodable as exc:
         raise CacheKeyError(

@@ -16,6 +16,8 @@ from typing import Any
 from taskiq import TaskiqMessage
 from taskiq.labels import prepare_label
 
+from taskiq_flow.cache.base import check_cache_tags
+
 logger = logging.getLogger("taskiq_flow.middlewares")
 
 LABEL_CACHE = "cache"
@@ -28,6 +30,7 @@ LABEL_CACHE_LEASE = "cache_lease"
 LABEL_CACHE_REFRESH = "cache_refresh"
 LABEL_CACHE_ERRORS_TTL = "cache_errors_ttl"
 LABEL_CACHE_VERSION = "cache_version"
+LABEL_CACHE_TAGS = "cache_tags"
 LABEL_CACHE_ANSWERED = "cache_answered"
 LABEL_PIPELINE_ID = "pipeline_id"
 
@@ -41,6 +44,7 @@ OUR_LABELS = frozenset(
         LABEL_CACHE_REFRESH,
         LABEL_CACHE_VERSION,
         LABEL_CACHE_ERRORS_TTL,
+        LABEL_CACHE_TAGS,
     }
 )
 """The labels CacheMiddleware reads: a message with none of them takes the defaults.
@@ -125,6 +129,20 @@ def parse_ttl(message: TaskiqMessage, default: int) -> int:
         )
         return default
     return ttl
+
+
+def parse_tags(raw: object) -> tuple[str, ...]:
+    """The tags of a ``cache_tags`` label: ``"a,b"`` (or a list of str), each stripped.
+
+    Raises:
+        CacheValueError: an empty tag (``""``, ``"a,,b"``), more than ``MAX_TAGS`` tags,
+            a tag longer than ``MAX_TAG_LENGTH`` or not encodable as UTF-8.
+    """
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        items = [raw]
+    # check_cache_tags stops at the first tag past the bound: 10,000 cost no more.
+    return check_cache_tags(str(item).strip() for item in items)
 
 
 def _has_labels_parameter(func: Callable[..., Any] | None) -> bool:

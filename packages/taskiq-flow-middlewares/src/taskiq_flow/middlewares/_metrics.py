@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import importlib
 import weakref
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
+from taskiq_flow.cache.stats import LOCK_WAIT
 from taskiq_flow.middlewares.errors import MiddlewareConfigError
 
-__all__ = ["CACHE_RESULTS", "STORAGE_RESULTS", "Recorder", "recorder"]
+if TYPE_CHECKING:
+    from taskiq_flow.cache.shared_stats import SharedStats
+
+__all__ = ["CACHE_RESULTS", "STORAGE_RESULTS", "Recorder", "count_lock_wait", "recorder"]
 
 #: The values of ``taskiq_flow_cache_requests_total``'s ``result`` label.
 CACHE_RESULTS = ("hit", "miss", "bypass", "error", "at_send")
@@ -36,7 +43,20 @@ def _optional(module: str) -> Any:
         return None
 
 
-def _metric(prom: Any, kind: str, name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+#: Buckets of ``taskiq_flow_cache_lock_wait_seconds``: from a coalesced wake-up (ms) to
+#: the adapters' default ``max_wait`` (60 s).
+LOCK_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _metric(
+    prom: Any,
+    kind: str,
+    name: str,
+    doc: str,
+    labels: tuple[str, ...] = (),
+    *,
+    buckets: tuple[float, ...] | None = None,
+) -> Any:
     """Register ``name`` in the default registry, or reuse the same metric already there.
 
     A metric of that name registered by someone else with another type or other labels
@@ -46,6 +66,8 @@ def _metric(prom: Any, kind: str, name: str, doc: str, labels: tuple[str, ...] =
     kwargs: dict[str, Any] = {"labelnames": labels}
     if kind == "Gauge":
         kwargs["multiprocess_mode"] = "livesum"
+    if buckets is not None:
+        kwargs["buckets"] = buckets
     try:
         return getattr(prom, kind)(name, doc, **kwargs)
     except ValueError as exc:
@@ -66,12 +88,68 @@ def _metric(prom: Any, kind: str, name: str, doc: str, labels: tuple[str, ...] =
         ) from exc
 
 
+def _incrementer(child: Any) -> Callable[[float], None]:
+    """``child.inc`` without prometheus-client's per-call checks: its value's own ``inc``.
+
+    The checks (not a labelled parent, no negative amount) hold by construction here, and
+    the value's ``inc`` takes the same lock (or writes the same multiprocess file). A
+    prometheus-client without that value object gets the public method.
+    """
+    inc = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _observer(histogram: Any) -> Callable[[float], None]:
+    """``histogram.observe`` (no exemplar) with a bisection instead of a loop over buckets.
+
+    Falls back to the public method if the histogram's internals are not as expected.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    add: Any = getattr(getattr(histogram, "_sum", None), "inc", None)
+    counts: list[Any] = [getattr(b, "inc", None) for b in getattr(histogram, "_buckets", ())]
+    if not bounds or len(counts) != len(bounds) or not all(map(callable, [add, *counts])):
+        return histogram.observe  # type: ignore[no-any-return]
+
+    def observe(amount: float) -> None:
+        add(amount)
+        # The first bucket whose upper bound holds amount (the last one is +Inf).
+        counts[bisect_left(bounds, amount)](1)
+
+    return observe
+
+
+def _span_getter(trace: Any) -> Callable[[], Any]:
+    """``trace.get_current_span`` in one Python call instead of four (every hook asks).
+
+    Reads the span under the key the API itself uses from the current context: straight
+    from the API's context variable when its runtime context keeps one (the default,
+    ``contextvars``), else through ``opentelemetry.context.get_current()``; without that
+    key, the public function.
+    """
+    key = getattr(importlib.import_module("opentelemetry.trace.propagation"), "_SPAN_KEY", None)
+    if not isinstance(key, str):
+        return trace.get_current_span  # type: ignore[no-any-return]
+    context = importlib.import_module("opentelemetry.context")
+    variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    current: Callable[[], Any] = (
+        variable.get if isinstance(variable, ContextVar) else context.get_current
+    )
+    invalid = trace.INVALID_SPAN
+
+    def current_span() -> Any:
+        return current().get(key, invalid)
+
+    return current_span
+
+
 class Recorder:
     """The process's metrics (when prometheus-client is installed) and span hooks (OTel)."""
 
     def __init__(self, prom: Any, trace: Any) -> None:
         self.prometheus = prom is not None
         self._trace = trace
+        # Called only when trace is not None (each hook checks that first).
+        self._current_span: Callable[[], Any] = _span_getter(trace) if trace else type(None)
         self._children: dict[tuple[str, str], Any] = {}
         # Records each writer keeps for a retry: the gauge is their sum in this process.
         self._buffered: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -85,6 +163,16 @@ class Recorder:
             "Task calls seen by CacheMiddleware, by how the cache answered them.",
             ("task_name", "result"),
         )
+        self.cache_lock_wait_seconds = _metric(
+            prom,
+            "Histogram",
+            "taskiq_flow_cache_lock_wait_seconds",
+            "Time a cached call waited for another caller's run of the same call.",
+            task,
+            buckets=LOCK_WAIT_BUCKETS,
+        )
+        # task name -> its child's observe (see _observer)
+        self._lock_wait_children: dict[str, Callable[[float], None]] = {}
         self.cache_lock_timeouts = _metric(
             prom,
             "Counter",
@@ -121,6 +209,7 @@ class Recorder:
         )
         # A fixed label set: every child built once, here.
         self._storage_children = {r: self.storage_writes.labels(r) for r in STORAGE_RESULTS}
+        self._count_written = _incrementer(self._storage_children["ok"])
         self.storage_buffer_records = _metric(
             prom,
             "Gauge",
@@ -133,35 +222,57 @@ class Recorder:
             "taskiq_flow_storage_write_seconds",
             "Duration of the store calls writing records (failed ones included).",
         )
+        self._observe_write = _observer(self.storage_write_seconds)
 
     # -- cache -----------------------------------------------------------------------------
 
     def cache_request(self, task_name: str, result: str, key: str | None = None) -> None:
         """Count one call of ``task_name`` answered as ``result``; tag the current span."""
         if self.prometheus:
-            # labels() takes a lock and builds a tuple per call: keep each child.
-            child = self._children.get((task_name, result))
-            if child is None:
-                child = self._children[task_name, result] = self.cache_requests.labels(
-                    task_name, result
-                )
-            child.inc()
+            # labels() takes a lock and builds a tuple per call: keep each child's inc.
+            inc = self._children.get((task_name, result))
+            if inc is None:
+                inc = _incrementer(self.cache_requests.labels(task_name, result))
+                self._children[task_name, result] = inc
+            inc(1)
         if self._trace is not None and result in {"hit", "miss", "at_send"}:
-            span = self._trace.get_current_span()
+            span = self._current_span()
             if span.is_recording():
                 span.set_attribute("taskiq_flow.cache.hit", result != "miss")
                 if key is not None:
                     span.set_attribute("taskiq_flow.cache.key", key)
 
+    def cache_lock_wait(self, task_name: str, key: str, seconds: float) -> None:
+        """Observe a wait for another caller's run; tag the span and add an event."""
+        if self.prometheus:
+            observe = self._lock_wait_children.get(task_name)
+            if observe is None:
+                observe = _observer(self.cache_lock_wait_seconds.labels(task_name))
+                self._lock_wait_children[task_name] = observe
+            observe(seconds)
+        if self._trace is not None:
+            span = self._current_span()
+            if span.is_recording():
+                waited_ms = seconds * 1000
+                span.set_attribute("taskiq_flow.cache.lock_wait_ms", waited_ms)
+                span.add_event(
+                    "taskiq_flow.cache.lock_wait",
+                    {
+                        "taskiq_flow.cache.key": key,
+                        "taskiq_flow.task_name": task_name,
+                        "taskiq_flow.cache.lock_wait_ms": waited_ms,
+                    },
+                )
+
     def cache_lock_timeout(self, task_name: str, key: str) -> None:
-        """Count a lock wait that hit ``max_wait``; add a span event."""
+        """Count a lock wait that hit ``max_wait`` (the wait goes on); add a span event."""
         if self.prometheus:
             self.cache_lock_timeouts.inc()
         if self._trace is not None:
-            span = self._trace.get_current_span()
+            span = self._current_span()
             if span.is_recording():
                 span.add_event(
-                    "taskiq_flow.cache.lock_wait",
+                    "taskiq_flow.cache.lock_timeout",
                     {"taskiq_flow.cache.key": key, "taskiq_flow.task_name": task_name},
                 )
 
@@ -192,17 +303,17 @@ class Recorder:
     def storage_written(self, seconds: float) -> None:
         """A task's record written by one store call of ``seconds``: the healthy path."""
         if self.prometheus:
-            self.storage_write_seconds.observe(seconds)
-            self._storage_children["ok"].inc()
+            self._observe_write(seconds)
+            self._count_written(1)
         if self._trace is not None:
-            span = self._trace.get_current_span()
+            span = self._current_span()
             if span.is_recording():
                 span.set_attribute("taskiq_flow.storage.written", True)
 
     def storage_write_time(self, seconds: float) -> None:
         """Observe one store call's duration."""
         if self.prometheus:
-            self.storage_write_seconds.observe(seconds)
+            self._observe_write(seconds)
 
     def storage_buffered(self, writer: object, count: int) -> None:
         """Set ``writer``'s count of records kept for a retry; the gauge shows the sum."""
@@ -213,14 +324,14 @@ class Recorder:
     def storage_record(self, *, written: bool) -> None:
         """Tag the current span: was the task's record written to the store now."""
         if self._trace is not None:
-            span = self._trace.get_current_span()
+            span = self._current_span()
             if span.is_recording():
                 span.set_attribute("taskiq_flow.storage.written", written)
 
     def storage_failure(self, exc: BaseException, records: int) -> None:
         """Add a span event: a storage write failed (``records`` are kept for a retry)."""
         if self._trace is not None:
-            span = self._trace.get_current_span()
+            span = self._current_span()
             if span.is_recording():
                 span.add_event(
                     "taskiq_flow.storage.failure",
@@ -241,3 +352,21 @@ def recorder() -> Recorder | None:
         _recorder = None if prom is None and otel is None else Recorder(prom, otel)
     result: Recorder | None = _recorder
     return result
+
+
+def count_lock_wait(
+    metrics: Recorder | None, shared: SharedStats | None, task_name: str, key: str
+) -> None:
+    """Record the wait the last ``get_or_create`` of this context noted, then reset it.
+
+    The cache's lock sets :data:`~taskiq_flow.cache.stats.LOCK_WAIT` only on a call that
+    waited for another caller's run: callers test ``LOCK_WAIT.get(0.0)`` first, so a call
+    that did not wait costs one context-variable read.
+    """
+    seconds = LOCK_WAIT.get(0.0)
+    LOCK_WAIT.set(0.0)
+    if metrics is not None:
+        metrics.cache_lock_wait(task_name, key, seconds)
+    if shared is not None:
+        shared.add(task_name, "lock_waits")
+        shared.add(task_name, "lock_wait_ms", round(seconds * 1000))

@@ -2,8 +2,9 @@
 
 ``pre_execute`` decides, per message, whether and under which key its call uses the
 cache; the task's wrapper (see :mod:`taskiq_flow.middlewares._wrapping`) hands the
-claimed call to :meth:`CacheMiddleware._resolve`, which asks the cache adapter's
-``get_or_create`` and runs the real function (once across workers) on a miss.
+claimed call to :meth:`~taskiq_flow.middlewares._resolve.Resolver.resolve`, which asks
+the cache adapter's ``get_or_create`` and runs the real function (once across workers) on
+a miss, and owns cache outages (counted, logged at a rate).
 
 On the producer, ``pre_send`` makes the same decision and asks the cache first: a call
 already cached or in flight is answered at ``kiq()`` and never sent (see
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
 from taskiq import TaskiqMessage, TaskiqMiddleware
@@ -23,14 +24,13 @@ from taskiq.abc.broker import AsyncBroker
 
 from taskiq_flow.cache import (
     BaseCacheAdapter,
-    CacheError,
     CacheKeyError,
-    CacheLockTimeout,
     CacheValueError,
     InMemoryCacheAdapter,
 )
 from taskiq_flow.middlewares import (
     _codec,
+    _invalidate,
     _labels,
     _metrics,
     _policy,
@@ -38,9 +38,9 @@ from taskiq_flow.middlewares import (
 )
 from taskiq_flow.middlewares._at_send import SendGate
 from taskiq_flow.middlewares._keys import call_key
+from taskiq_flow.middlewares._resolve import Resolver
 from taskiq_flow.middlewares._wrapping import (
     CURRENT,
-    MISSING,
     CacheCall,
     answered_from_cache,
     is_wrapped,
@@ -53,18 +53,6 @@ from taskiq_flow.middlewares.errors import MiddlewareConfigError, MiddlewareConf
 __all__ = ["CacheMiddleware", "answered_from_cache"]
 
 logger = logging.getLogger("taskiq_flow.middlewares")
-
-
-class _Uncacheable(Exception):
-    """The creator produced a value msgspec cannot encode: return it, cache nothing."""
-
-    def __init__(self, value: Any, reason: str) -> None:
-        super().__init__(reason)
-        self.value = value
-
-
-class _Declined(_Uncacheable):
-    """``cache_if`` said no to the value: return it, cache nothing, warn nobody."""
 
 
 class CacheMiddleware(TaskiqMiddleware):
@@ -91,12 +79,16 @@ class CacheMiddleware(TaskiqMiddleware):
         key_version: ``"source"`` puts a digest of each task's code (bytecode,
             constants, names, defaults, closure values) in its keys: a changed task
             misses, an unchanged one keeps its entries across restarts.
+        error_log_interval: while the cache backend is down, at most one log line per
+            this many seconds (the first failure at once, then a count per interval,
+            then one "recovered" line); each call it fails counts in
+            ``get_stats()["middleware"]["cache_failures"]``.
 
     Labels (at declaration, with ``kicker().with_labels(...)``, or
     ``task.kiq(..., labels={...})``): ``cache_ttl``, ``cache_errors``, ``cache``
     (``"false"`` = bypass), ``cache_key`` (an explicit key), ``cache_version``, ``cache_refresh``,
-    ``cache_errors_ttl``, ``cache_at_send``
-    (``"false"`` = always send). Results answered from the cache carry the label
+    ``cache_errors_ttl``, ``cache_tags`` (``"a,b"``: see :meth:`invalidate_tag`),
+    ``cache_at_send`` (``"false"`` = always send). Results answered from the cache carry the label
     ``cache_hit="true"`` (and ``cache_answered="send"`` when answered at ``kiq()``).
 
     Raises:
@@ -116,6 +108,7 @@ class CacheMiddleware(TaskiqMiddleware):
         errors_ttl: int | None = None,
         key_version: Literal["source"] | None = None,
         metrics: bool = True,
+        error_log_interval: float = 60.0,
     ) -> None:
         super().__init__()
         if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl < 0:
@@ -161,9 +154,10 @@ class CacheMiddleware(TaskiqMiddleware):
             "send_lookup_failures": 0,
         }
         self._warned_tasks: set[str] = set()
+        self._resolver = Resolver(self, error_log_interval)
         # Bound once, handed to every decision (a bound method per message costs more).
-        self._resolve_call = self._resolve
-        self._refresh_call = functools.partial(self._resolve, refresh=True)
+        self._resolve_call = self._resolver.resolve
+        self._refresh_call = functools.partial(self._resolver.resolve, refresh=True)
         try:
             # TASKIQ_FLOW_CACHE_REFRESH=true: every call of this process refreshes.
             self.refresh_all = _labels.refresh_from_env()
@@ -185,6 +179,8 @@ class CacheMiddleware(TaskiqMiddleware):
         self._cache = cache
         # Looked up once: every miss and every hit goes through it.
         self._get_or_create = cache.get_or_create
+        # Per-task counts added up across workers (Redis); None: nothing to feed.
+        self._shared = cache.shared_stats
 
     # -- taskiq hooks ----------------------------------------------------------------
 
@@ -253,6 +249,31 @@ class CacheMiddleware(TaskiqMiddleware):
         await self._gate.close()
         await self.cache.close()
 
+    # -- invalidation ------------------------------------------------------------------
+
+    async def invalidate(self, task: Any, *args: Any, **kwargs: Any) -> bool:
+        """Drop the cached result of ``task.kiq(*args, **kwargs)``; whether there was one.
+
+        The key is :func:`~taskiq_flow.middlewares.cache_key_for`'s. A run of that call in
+        flight stores nothing. Raises ``TypeError`` (not a task), ``CacheKeyError`` (no
+        key for these arguments), ``CacheConnectionError`` (the cache is down).
+        """
+        return await _invalidate.invalidate_call(self.cache, task, *args, **kwargs)
+
+    async def invalidate_task(self, task_or_name: Any) -> int:
+        """Drop every cached result of one task (a task or its name); how many there were.
+
+        Explicit ``cache_key`` keys included; other tasks' entries are never touched.
+        """
+        return await _invalidate.invalidate_task(self.cache, task_or_name)
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Drop every cached result whose call carried ``tag`` (``cache_tags``); how many.
+
+        Raises ``CacheValueError`` (a bad tag) or ``CacheConnectionError``.
+        """
+        return await self.cache.invalidate_tag(tag)
+
     # -- statistics --------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
@@ -263,7 +284,7 @@ class CacheMiddleware(TaskiqMiddleware):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _decide(
+    def _decide(  # noqa: PLR0911 - one return per way a call runs uncached
         self, message: TaskiqMessage, binder: _codec.Binder, *, count: bool = True
     ) -> CacheCall | None:
         """The decision for ``message``, or ``None`` when it runs uncached.
@@ -288,8 +309,19 @@ class CacheMiddleware(TaskiqMiddleware):
             lease = labels.pop(_labels.LABEL_CACHE_LEASE, None)
             if lease is not None:
                 # The producer claimed this call's lease at send: adopt it (no wait).
-                resolve = functools.partial(self._resolve, lease_token=str(lease))
+                resolve = functools.partial(self._resolve_call, lease_token=str(lease))
             refresh = _labels.parse_bool(message, _labels.LABEL_CACHE_REFRESH, default=refresh)
+            if _labels.LABEL_CACHE_TAGS in labels:
+                try:
+                    _labels.parse_tags(labels[_labels.LABEL_CACHE_TAGS])
+                except CacheValueError as problem:
+                    self._count_and_warn_once(
+                        "uncacheable_keys" if count else "",
+                        message.task_name,
+                        "Task %s runs uncached: its cache_tags label is unusable (%s).",
+                        problem,
+                    )
+                    return None
         if ttl == 0:
             return None
         if refresh:
@@ -342,150 +374,3 @@ class CacheMiddleware(TaskiqMiddleware):
             self._sources[task.task_name] = _versions.source_version(func)
         self._known[task.task_name] = known
         return known
-
-    async def _resolve(  # noqa: PLR0912, PLR0915, PLR0917 - the whole cache dance, one frame
-        self,
-        call: CacheCall,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        run: Callable[[], Awaitable[Any]] | None = None,
-        lease_token: str | None = None,
-        refresh: bool = False,
-    ) -> Any:
-        """Answer ``call`` from the cache, or run it (once across workers) and cache it.
-
-        ``run`` runs the function where it must run (a sync task: in its thread);
-        ``None`` awaits ``func(*args, **kwargs)`` right here (an async task).
-        ``lease_token``: the lease its producer claimed at send, adopted here.
-        ``refresh``: run it and overwrite the entry even if fresh (``cache_refresh``).
-        """
-        # What this call's own execution produced, if the cache elected it as creator:
-        # the caller gets the original object (or exception), not a decoded copy.
-        produced: Any = MISSING
-        failed: Exception | None = None
-
-        async def creator() -> Any:
-            nonlocal produced, failed
-            self._counters["executions"] += 1
-            if self._metrics is not None:
-                self._metrics.cache_request(call.message.task_name, "miss", call.key)
-            try:
-                value = await (func(*args, **kwargs) if run is None else run())
-            except Exception as exc:
-                failed = exc
-                if self._metrics is not None:
-                    self._metrics.cache_creator_error(call.message.task_name)
-                if not call.cache_errors:
-                    raise
-                return _policy.error_entry(call.message, exc, self.errors_ttl)
-            produced = value
-            if self.cache_if is not None and not _policy.keeps(self.cache_if, value, call.key):
-                raise _Declined(value, "cache_if")
-            try:
-                return _codec.encode_value_payload(value)
-            except _codec.Unencodable as exc:
-                raise _Uncacheable(value, str(exc)) from exc
-
-        while True:
-            try:
-                # stale_ttl left out: None means the adapter's own default_stale_ttl.
-                payload = await (
-                    self.cache.refresh(call.key, creator, call.ttl, fallback_on_error=True)
-                    if refresh
-                    else self._get_or_create(
-                        call.key, creator, call.ttl, fallback_on_error=True, lease_token=lease_token
-                    )
-                )
-                break
-            except CacheLockTimeout:
-                if failed is not None or produced is not MISSING:
-                    # Our creator ran: this is the task's own exception (it uses a cache
-                    # itself), not our wait. It is the task's error, as any other.
-                    raise
-                # Another worker is still creating this very result (its lease is being
-                # renewed, or we would have taken over): running it here too is exactly
-                # what the lock is for. Keep waiting; taskiq's timeout label bounds it.
-                self._counters["lock_timeouts"] += 1
-                if self._metrics is not None:
-                    self._metrics.cache_lock_timeout(call.message.task_name, call.key)
-                logger.info(
-                    "Task %s still waits for another worker computing %s.",
-                    call.message.task_name,
-                    call.key,
-                )
-            except _Declined as exc:
-                self._counters["declined_results"] += 1
-                return exc.value
-            except _Uncacheable as exc:
-                self._count_and_warn_once(
-                    "uncacheable_results",
-                    call.message.task_name,
-                    "Task %s: its result cannot be encoded, so it is not cached (%s).",
-                    exc,
-                )
-                # A waiter in this process gets the creator's very object.
-                return exc.value
-            except CacheError as exc:
-                if exc is failed:
-                    raise  # the task's own CacheError, not the cache's: the task's error
-                if failed is None and produced is MISSING and isinstance(exc, CacheValueError):
-                    # The adapter refused the key or TTL before running anything: a
-                    # property of this call, not an outage. Once per task, no traceback.
-                    self._count_and_warn_once(
-                        "uncacheable_keys",
-                        call.message.task_name,
-                        "Task %s runs uncached: the cache refused its key or TTL (%s).",
-                        exc,
-                    )
-                else:
-                    self._counters["cache_failures"] += 1
-                    if self._metrics is not None:
-                        self._metrics.cache_request(call.message.task_name, "error")
-                    if failed is not None or produced is not MISSING:
-                        # Our own run finished; only the cache write failed.
-                        logger.warning("Could not cache the result of %s.", call.key, exc_info=True)
-                        if failed is not None:
-                            raise failed from None
-                        return produced
-                    logger.warning(
-                        "Cache unavailable for task %s; running it uncached.",
-                        call.message.task_name,
-                        exc_info=True,
-                    )
-                self._counters["executions"] += 1
-                return await (func(*args, **kwargs) if run is None else run())
-        if failed is not None:
-            raise failed
-        if produced is not MISSING:
-            return produced
-        if lease_token is not None:
-            # Answered without our creator (another run landed first): the lease the
-            # producer handed over must not sit until it lapses.
-            await self._gate.release_quietly(call.key, lease_token)
-        return await self._hit(call, payload, func, args, kwargs, run=run)
-
-    async def _hit(
-        self,
-        call: CacheCall,
-        payload: Any,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        run: Callable[[], Awaitable[Any]] | None,
-    ) -> Any:
-        try:
-            cached = _codec.decode_payload(payload)
-        except ValueError:
-            logger.warning("Corrupt cache entry under %s; running the task.", call.key)
-            self._counters["executions"] += 1
-            return await (func(*args, **kwargs) if run is None else run())
-        self._counters["hits"] += 1
-        if self._metrics is not None:
-            self._metrics.cache_request(call.message.task_name, "hit", call.key)
-        call.hit = True
-        call.message.labels[_labels.LABEL_CACHE_HIT] = "true"
-        if cached.error is not None:
-            raise _codec.rebuild_exception(cached.error)
-        return cached.value

@@ -52,6 +52,7 @@ from taskiq_flow.storage import (
     StorageConnectionError,
     StorageError,
 )
+from taskiq_flow.storage.kit.ratelog import OutageLog
 
 __all__ = ["PipelineControl", "retrying"]
 
@@ -83,16 +84,27 @@ _COUNTERS = (
 )
 
 
-async def retrying(what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
-    """Run an idempotent storage operation, retrying connection errors a few times."""
+async def retrying(what: str, operation: Callable[[], Awaitable[_T]], outage: OutageLog) -> _T:
+    """Run an idempotent storage operation, retrying connection errors a few times.
+
+    Each failed attempt is reported through ``outage`` (rate-limited). A retry that
+    succeeds ends the outage (one "recovered" line); a first attempt that succeeds
+    proves nothing (``operation`` may not have needed the storage: a cached spec).
+    """
+    retried = False
     for pause in (*_BACKOFF, None):
         try:
-            return await operation()
+            result = await operation()
         except StorageConnectionError as exc:
             if pause is None:
                 raise
-            logger.warning("pipeline: could not %s (%s); retrying in %.2fs", what, exc, pause)
+            outage.failure("could not %s (%s); retrying in %.2fs", what, exc, pause)
+            retried = True
             await asyncio.sleep(pause)
+        else:
+            if retried and outage.failing:
+                outage.success()
+            return result
     raise AssertionError  # pragma: no cover - the last attempt returns or raises
 
 
@@ -127,13 +139,21 @@ class PipelineControl(TaskiqMiddleware):
         max_attempts: int = 5,
         sweep_interval: SweepInterval = "auto",
         metrics: bool = True,
+        error_log_interval: float = 60.0,
     ) -> None:
         super().__init__()
         check_storage_arguments(storage, ttl_seconds)
         check_number("spec_cache_size", spec_cache_size)
+        check_number("error_log_interval", error_log_interval)
         _check_lease(lease_seconds, max_attempts)
+        # Every storage failure of this middleware (saving run state, markers, retries)
+        # is reported here: the first at once, then one line per interval, then one
+        # "recovered" line; the sweeper keeps its own (see sweeper.py).
+        self.outage = OutageLog(
+            logger, "pipeline storage", interval=float(error_log_interval), level=logging.WARNING
+        )
         self.sweep_interval = resolve_sweep_interval(sweep_interval, float(lease_seconds))
-        self._sweeper = RunSweeper(self, self.sweep_interval)
+        self._sweeper = RunSweeper(self, self.sweep_interval, log_every=self.outage.interval)
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = float(lease_seconds)
         self.max_attempts = int(max_attempts)
@@ -181,6 +201,11 @@ class PipelineControl(TaskiqMiddleware):
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (see :meth:`get_stats`)."""
         self._counters[name] += n
+
+    def storage_ok(self) -> None:
+        """The storage answered: end an outage under way (one "recovered" line)."""
+        if self.outage.failing:
+            self.outage.success()
 
     async def _dispatch(self, steps: Iterable[ClaimedStep], *, nested: bool) -> None:
         """Send claimed steps (``PipelineMiddleware`` implements it)."""
@@ -321,6 +346,8 @@ class PipelineControl(TaskiqMiddleware):
             except StorageConnectionError as exc:
                 error = exc
             else:
+                if outcome.error is None:
+                    self.storage_ok()
                 self._count(outcome)
                 # Claims won before an error must be sent whatever happens next.
                 await self._dispatch(outcome.steps, nested=nested)
@@ -331,8 +358,8 @@ class PipelineControl(TaskiqMiddleware):
                     return
             if pause is None or not isinstance(error, StorageConnectionError):
                 raise error
-            logger.warning(
-                "pipeline %s: storage unreachable while advancing (%s); retrying in %.2fs",
+            self.outage.failure(
+                "run %s: storage unreachable while advancing (%s); retrying in %.2fs",
                 spec.pipeline_id,
                 error,
                 pause,
@@ -351,7 +378,7 @@ class PipelineControl(TaskiqMiddleware):
         record = failure_record(node, error_type, message, element)
         key = RunKeys(spec.pipeline_id).failed
         failed_run = await retrying(
-            "record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds)
+            "record a failure", lambda: self.storage.add(key, record, spec.ttl_seconds), self.outage
         )
         if self._metrics is not None:
             self._metrics.pipeline_step("lost" if error_type == "PipelineStepLost" else "failed")

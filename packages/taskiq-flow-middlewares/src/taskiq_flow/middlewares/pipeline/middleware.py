@@ -86,6 +86,9 @@ class PipelineMiddleware(PipelineControl):
             ``wait_result`` or a ``resume``).
         metrics: export the ``taskiq_flow_pipeline_*`` Prometheus metrics when
             ``prometheus-client`` is installed (see docs/middlewares.md, "Monitoring").
+        error_log_interval: while the storage fails, at most one log line per this many
+            seconds (the first failure at once, then a count per interval, then one
+            "recovered" line); the sweeper reports its failures the same way.
 
     Raises:
         MiddlewareConfigError: a bad ``ttl_seconds``, ``lease_seconds``,
@@ -128,9 +131,14 @@ class PipelineMiddleware(PipelineControl):
             spec = await self._spec(labels.pipeline_id)
             if spec is not None:
                 await self._start_beating(spec, labels, message.task_id)
-        except Exception as exc:  # a marker is best effort: the lease covers its absence
+        except StorageError as exc:  # a marker is best effort: the lease covers its absence
+            self._counters["errors"] += 1
+            self.outage.failure("run %s: no start marker (%s)", labels.pipeline_id, exc)
+        except Exception as exc:
             self._counters["errors"] += 1
             logger.warning("pipeline %s: no start marker (%s)", labels.pipeline_id, exc)
+        else:
+            self.storage_ok()
         return message
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
@@ -149,6 +157,17 @@ class PipelineMiddleware(PipelineControl):
             return
         try:
             await self._finish_step(labels, message.task_id, result)
+        except StorageError as exc:
+            # The storage is failing (after retries): one rate-limited line, not one per
+            # step; the lease re-drives the step once it is back.
+            self._counters["errors"] += 1
+            self.outage.failure(
+                "run %s: could not advance after node %s (task %s): %s",
+                labels.pipeline_id,
+                labels.node,
+                message.task_id,
+                exc,
+            )
         except Exception:
             # A pipeline problem must never break the worker; the lease re-drives the step.
             self._counters["errors"] += 1
@@ -199,7 +218,7 @@ class PipelineMiddleware(PipelineControl):
         try:
             await self.storage.set(key, closed, spec.ttl_seconds)
         except StorageError as exc:  # status only: the output decides what happens next
-            logger.warning("pipeline %s: no finish marker (%s)", spec.pipeline_id, exc)
+            self.outage.failure("run %s: no finish marker (%s)", spec.pipeline_id, exc)
 
     # -- finishing a step ----------------------------------------------------------------
 
@@ -210,7 +229,7 @@ class PipelineMiddleware(PipelineControl):
         result: TaskiqResult[Any],
     ) -> None:
         pipeline_id = labels.pipeline_id
-        spec = await retrying("read the spec", lambda: self._spec(pipeline_id))
+        spec = await retrying("read the spec", lambda: self._spec(pipeline_id), self.outage)
         if spec is None:
             logger.warning(
                 "pipeline %s: no spec in storage (expired or another store?); node %s "
@@ -238,7 +257,9 @@ class PipelineMiddleware(PipelineControl):
         try:
             # add: a redelivered step cannot replace the value consumers already read.
             await retrying(
-                "write an output", lambda: self.storage.add(key, value, spec.ttl_seconds)
+                "write an output",
+                lambda: self.storage.add(key, value, spec.ttl_seconds),
+                self.outage,
             )
         except StorageSerializationError as exc:
             await self._fail(spec, node, type(exc).__qualname__, str(exc), labels.element)
@@ -254,7 +275,11 @@ class PipelineMiddleware(PipelineControl):
         keys = RunKeys(spec.pipeline_id)
         item = keys.item(node.name, index)
         assert node.map_over is not None  # noqa: S101 - only map nodes have elements
-        await retrying("write an element", lambda: self.storage.add(item, value, spec.ttl_seconds))
+        await retrying(
+            "write an element",
+            lambda: self.storage.add(item, value, spec.ttl_seconds),
+            self.outage,
+        )
         self._counters["elements_done"] += 1
         items = await self.storage.get(keys.data(node.map_over))
         count = len(items) if isinstance(items, list) else 0
@@ -295,7 +320,7 @@ class PipelineMiddleware(PipelineControl):
             try:
                 await self.storage.set_many(markers, ttl)
             except StorageError as exc:  # status only: the claim's time stands in for it
-                logger.warning("pipeline: no sent markers (%s)", exc)
+                self.outage.failure("no sent markers (%s)", exc)
 
     async def _send(self, step: ClaimedStep) -> bool:
         """Send one claimed step; ``False`` if it was not (a failure is recorded)."""
@@ -319,8 +344,10 @@ class PipelineMiddleware(PipelineControl):
             reason = str(exc) if isinstance(exc, _MapInputError) else f"not sent: {exc}"
             try:
                 await self._fail(spec, node, _error_type(exc), reason)
-            except StorageError:
-                logger.exception("pipeline %s: could not record the failure", spec.pipeline_id)
+            except StorageError as failure:
+                self.outage.failure(
+                    "run %s: could not record the failure (%s)", spec.pipeline_id, failure
+                )
             return False
         return True
 

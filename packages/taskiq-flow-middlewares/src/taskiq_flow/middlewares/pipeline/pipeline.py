@@ -34,7 +34,7 @@ from taskiq_flow.middlewares.pipeline.status import RunStatus, read_status
 from taskiq_flow.middlewares.pipeline.task import task_info
 from taskiq_flow.middlewares.pipeline.view import to_dot, to_mermaid
 from taskiq_flow.middlewares.storage import check_number
-from taskiq_flow.storage import BaseStorageAdapter, StorageSerializationError
+from taskiq_flow.storage import BaseStorageAdapter, StorageError, StorageSerializationError
 
 __all__ = ["DataflowPipeline", "DataflowRun"]
 
@@ -180,6 +180,8 @@ class DataflowRun:
     async def _watch_once(self) -> None:
         try:
             await self._middleware.watch(self._spec)
+        except StorageError as exc:  # the next watch tries again; one line per interval
+            self._middleware.outage.failure("run %s: could not watch (%s)", self.pipeline_id, exc)
         except Exception as exc:  # the next watch tries again
             logger.warning("pipeline %s: could not watch the run (%s)", self.pipeline_id, exc)
 

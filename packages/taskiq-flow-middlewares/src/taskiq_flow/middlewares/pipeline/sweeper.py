@@ -17,8 +17,10 @@ Several workers sweep the same runs concurrently; that is safe for the reason se
 watchers are: a node is claimed with ``add claim:{node}`` and a lapsed one with
 ``add claim:{node}:{n+1}``, and only the process whose ``add`` succeeds sends it.
 
-A sweep never breaks its worker: an error is logged (at most once a minute, with the
-count of those left out) and the next sweep tries again. It stops, and is awaited,
+A sweep never breaks its worker: an error is logged through an
+:class:`~taskiq_flow.storage.kit.ratelog.OutageLog` (the first at once, then at most one
+line per interval with the count of those left out, then one "recovered" line after the
+first clean pass) and the next sweep tries again. It stops, and is awaited,
 before the broker's shutdown handlers and middlewares run (so before the storage is
 closed).
 """
@@ -30,7 +32,6 @@ import contextlib
 import logging
 import math
 import random
-import time
 from typing import TYPE_CHECKING, Literal
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqEvents, TaskiqState
@@ -40,6 +41,7 @@ from taskiq_flow.middlewares.pipeline.errors import PipelineRunNotFoundError
 from taskiq_flow.middlewares.pipeline.state import ACTIVE_PREFIX, RunKeys
 from taskiq_flow.middlewares.storage import check_number
 from taskiq_flow.storage import StorageConnectionError
+from taskiq_flow.storage.kit.ratelog import OutageLog
 
 if TYPE_CHECKING:
     from taskiq_flow.middlewares.pipeline.control import PipelineControl
@@ -50,7 +52,8 @@ logger = logging.getLogger("taskiq_flow.pipeline")
 
 SweepInterval = float | Literal["auto"] | None
 
-# At most one warning per this many seconds about failing sweeps (the rest are counted).
+# At most one warning per this many seconds about failing sweeps (the rest are counted),
+# unless the middleware says otherwise (its error_log_interval).
 LOG_EVERY = 60.0
 
 _SHUTDOWN_EVENTS = (TaskiqEvents.CLIENT_SHUTDOWN, TaskiqEvents.WORKER_SHUTDOWN)
@@ -81,13 +84,16 @@ def resolve_sweep_interval(sweep_interval: object, lease_seconds: float) -> floa
 class RunSweeper:
     """Watches every running run of the storage every ``interval`` seconds (see above)."""
 
-    def __init__(self, control: PipelineControl, interval: float | None) -> None:
+    def __init__(
+        self, control: PipelineControl, interval: float | None, *, log_every: float = LOG_EVERY
+    ) -> None:
         self.control = control
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._broker: AsyncBroker | None = None
-        self._last_report = -math.inf
-        self._unreported = 0
+        self.outage = OutageLog(
+            logger, "pipeline sweeper", interval=log_every, level=logging.WARNING
+        )
 
     @property
     def running(self) -> bool:
@@ -137,10 +143,14 @@ class RunSweeper:
         while True:
             # Jitter, so that workers started together do not sweep in lockstep.
             await asyncio.sleep(self.interval * random.uniform(0.75, 1.0))  # noqa: S311
+            failures = self.outage.failures
             try:
                 await self.sweep()
             except Exception as exc:  # never break the worker: the next sweep tries again
                 self._report("sweep failed", exc)
+            else:
+                if self.outage.failing and self.outage.failures == failures:
+                    self.outage.success()  # a clean pass: the trouble is over
 
     async def sweep(self) -> int:
         """One pass over the running runs; how many were watched.
@@ -188,18 +198,10 @@ class RunSweeper:
 
     def _report(self, what: str, exc: BaseException) -> None:
         self.control.count("errors")
-        now = time.monotonic()
-        if now - self._last_report < LOG_EVERY:
-            self._unreported += 1
-            return
-        self._last_report = now
-        left_out, self._unreported = self._unreported, 0
-        more = f"; {left_out} more errors since the last report" if left_out else ""
-        logger.warning(
-            "pipeline sweeper: %s (%s: %s)%s; next sweep in %.3gs",
+        self.outage.failure(
+            "%s (%s: %s); next sweep in %.3gs",
             what,
             type(exc).__qualname__,
             exc,
-            more,
             self.interval,
         )

@@ -20,6 +20,7 @@ Needs the ``redis`` extra (imported through :mod:`taskiq_flow.storage.kit.redis`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "client_location",
     "client_options",
     "coalescable",
+    "declare_repeatable",
     "is_write",
     "share_cluster",
 ]
@@ -52,6 +54,9 @@ BLOCKING = frozenset({"BLMOVE", "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "XREAD
 # Commands whose repetition leaves the same state: a coalesced batch holding only these
 # may be sent again whole when the connection's retry policy retries it.
 _REPEATABLE = frozenset({"GET", "EXISTS", "GETRANGE", "STRLEN", "SET", "DEL", "UNLINK"})
+# SHA-1 digests of scripts declared repeatable (declare_repeatable): their EVALSHA may be
+# coalesced. A digest names the script's text, so the set is the same for every client.
+_REPEATABLE_SCRIPTS: set[str] = set()
 # SET options that make its outcome depend on the state it finds: a repeated SET NX
 # would report "not written" for its own write. Such a SET is sent alone, as before.
 _CONDITIONAL_SET = frozenset({"NX", "XX", "GET"})
@@ -145,15 +150,30 @@ def coalescable(args: tuple[Any, ...]) -> bool:
     state, so the connection's retry policy may send a failed batch again whole, exactly
     as redis-py sends a single command again. Never: a conditional ``SET`` (``NX``, ``XX``,
     ``GET``: its reply says what it found), scripts, counters, list and stream commands,
-    blocking commands, transactions; nor ``MGET`` (``get_many`` is one round trip already,
+    blocking commands, transactions (scripts: unless declared with
+    :func:`declare_repeatable`); nor ``MGET`` (``get_many`` is one round trip already,
     and the pipeline's readiness reads keep their timing).
     """
     name = args[0]
     if name not in _REPEATABLE:
-        return False
+        return name == "EVALSHA" and args[1] in _REPEATABLE_SCRIPTS
     return name != "SET" or _CONDITIONAL_SET.isdisjoint(
         arg for arg in args[3:] if isinstance(arg, str)
     )
+
+
+def declare_repeatable(script: str) -> str:
+    """Declare that running ``script`` twice leaves what running it once does; its SHA-1.
+
+    Its ``EVALSHA`` may then join a coalesced pipeline, which the connection's retry
+    policy may send again whole after a dropped connection. Declare only a script whose
+    second run, seeing the first run's effect, reports an outcome the caller can take
+    for the first's (the cache's read-or-acquire: a lease it finds held by its own token
+    is its own).
+    """
+    sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    _REPEATABLE_SCRIPTS.add(sha)
+    return sha
 
 
 async def _confirm(connection: Connection, replicas: int, timeout_ms: int) -> None:

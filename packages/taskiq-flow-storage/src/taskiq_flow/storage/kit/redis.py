@@ -38,7 +38,7 @@ try:
     from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
     from redis.commands.core import AsyncScript
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisClusterException, RedisError
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
     msg = (
@@ -56,6 +56,7 @@ from taskiq_flow.storage.kit.clients import (
     client_location,
     client_options,
     coalescable,
+    declare_repeatable,
     share_cluster,
 )
 from taskiq_flow.storage.kit.coalesce import Coalescer
@@ -69,6 +70,7 @@ __all__ = [
     "RedisCluster",
     "RedisConnection",
     "RedisErrors",
+    "RepeatableScript",
     "aioredis",
     "coalescable",
 ]
@@ -325,6 +327,14 @@ class RedisConnection:
         """
         return self.commands.register_script(script)
 
+    def repeatable_script(self, script: str) -> RepeatableScript:
+        """A Lua script whose ``EVALSHA`` may be coalesced (see :func:`declare_repeatable`).
+
+        Its caller promises that a second run of one call reports what the caller can
+        take for the first run's outcome; the reply is returned raw (bytes, int, list).
+        """
+        return RepeatableScript(self, script)
+
     async def scan(self, match: str, count: int, operation: str) -> AsyncIterator[list[bytes]]:
         """Batches of key names matching the glob ``match`` (``SCAN``, never ``KEYS``).
 
@@ -368,6 +378,31 @@ class RedisConnection:
             await self.client.aclose()
             if self._sentinel is not None:
                 await self._sentinel.aclose()
+
+
+class RepeatableScript:
+    """A repeatable Lua script (:meth:`RedisConnection.repeatable_script`).
+
+    Its ``EVALSHA`` goes through the bounded, coalescing client; ``SCRIPT LOAD`` follows
+    when the server lost the script (a restart, a failover).
+    """
+
+    __slots__ = ("_connection", "_sha", "_text")
+
+    def __init__(self, connection: RedisConnection, script: str) -> None:
+        self._connection = connection
+        self._text = script
+        self._sha = declare_repeatable(script)
+
+    async def __call__(self, keys: tuple[str, ...], args: tuple[str | int, ...]) -> object:
+        """Run the script; driver errors propagate (the caller maps them)."""
+        commands = self._connection.commands
+        try:
+            return await commands.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted (or failed-over) server has no scripts: load it, run it again.
+            await commands.script_load(self._text)
+            return await commands.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
 
 
 class RedisBacked:
