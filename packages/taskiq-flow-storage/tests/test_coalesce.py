@@ -47,12 +47,34 @@ async def test_a_lone_caller_is_sent_alone() -> None:
 
 
 async def test_one_turn_is_one_batch_each_caller_its_own_reply() -> None:
+    """The first command finds nothing in flight and goes at once; the rest gather."""
     wire = _Wire()
     coalescer = Coalescer(wire.one, wire.batch)
     replies = await asyncio.gather(*(coalescer.call(("GET", i), {}) for i in range(10)))
     assert replies == [2 * i for i in range(10)]
-    assert wire.sent == [list(range(10))]
-    assert (coalescer.batches, coalescer.batched_commands) == (1, 10)
+    assert wire.sent == [[0], list(range(1, 10))]
+    assert (coalescer.batches, coalescer.batched_commands) == (1, 9)
+
+
+async def test_a_caller_after_the_wire_went_quiet_is_sent_at_once() -> None:
+    """Nothing in flight: no loop turn is spent gathering (the lone caller's cost)."""
+    wire = _Wire()
+    coalescer = Coalescer(wire.one, wire.batch)
+    await asyncio.gather(*(coalescer.call(("GET", i), {}) for i in range(3)))
+    assert coalescer._in_flight == 0
+    loop = asyncio.get_running_loop()
+    turns = 0
+
+    def count() -> None:
+        nonlocal turns
+        turns += 1
+
+    handle = loop.call_soon(count)
+    await coalescer.call(("GET", 7), {})
+    handle.cancel()
+    # _Wire.one itself yields once; a gathering leader would have yielded once more.
+    assert turns <= 1
+    assert wire.sent[-1] == [7]
 
 
 async def test_a_refused_command_fails_only_its_caller() -> None:
@@ -70,10 +92,12 @@ async def test_a_failed_batch_fails_every_caller_with_its_own_error() -> None:
     wire = _Wire(fail_batch=ConnectionError("gone"))
     coalescer = Coalescer(wire.one, wire.batch)
     replies = await asyncio.gather(
-        *(coalescer.call(("GET", i), {}) for i in range(3)), return_exceptions=True
+        *(coalescer.call(("GET", i), {}) for i in range(4)), return_exceptions=True
     )
-    assert all(isinstance(r, ConnectionError) and str(r) == "gone" for r in replies)
-    assert len({id(r) for r in replies}) == 3
+    assert replies[0] == 0  # went alone, before the others gathered
+    failed = replies[1:]
+    assert all(isinstance(r, ConnectionError) and str(r) == "gone" for r in failed)
+    assert len({id(r) for r in failed}) == 3
 
 
 async def test_max_batch_starts_a_new_batch() -> None:
@@ -81,31 +105,32 @@ async def test_max_batch_starts_a_new_batch() -> None:
     coalescer = Coalescer(wire.one, wire.batch, max_batch=4)
     replies = await asyncio.gather(*(coalescer.call(("GET", i), {}) for i in range(10)))
     assert replies == [2 * i for i in range(10)]
-    assert sorted(len(sent) for sent in wire.sent) == [2, 4, 4]
+    # The first alone, then batches of at most four: 4, 4 and the last one left (alone).
+    assert sorted(len(sent) for sent in wire.sent) == [1, 1, 4, 4]
 
 
 async def test_a_leader_cancelled_while_gathering_is_not_sent_the_others_are() -> None:
     wire = _Wire()
     coalescer = Coalescer(wire.one, wire.batch)
-    tasks = [asyncio.ensure_future(coalescer.call(("GET", i), {})) for i in range(3)]
+    tasks = [asyncio.ensure_future(coalescer.call(("GET", i), {})) for i in range(4)]
     await asyncio.sleep(0)  # every task has issued its command; the leader is yielding
-    tasks[0].cancel()
+    tasks[1].cancel()  # tasks[0] went alone; tasks[1] leads the batch
     done = await asyncio.gather(*tasks, return_exceptions=True)
-    assert isinstance(done[0], asyncio.CancelledError)
-    assert done[1:] == [2, 4]
-    assert wire.sent == [[1, 2]]
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [done[0], *done[2:]] == [0, 4, 6]
+    assert wire.sent == [[0], [2, 3]]
 
 
 async def test_a_cancelled_follower_does_not_disturb_the_batch() -> None:
     wire = _Wire()
     coalescer = Coalescer(wire.one, wire.batch)
-    tasks = [asyncio.ensure_future(coalescer.call(("GET", i), {})) for i in range(3)]
+    tasks = [asyncio.ensure_future(coalescer.call(("GET", i), {})) for i in range(4)]
     await asyncio.sleep(0)
-    tasks[1].cancel()
+    tasks[2].cancel()  # a follower of the batch tasks[1] leads
     done = await asyncio.gather(*tasks, return_exceptions=True)
-    assert done[0] == 0
-    assert done[2] == 4
-    assert isinstance(done[1], asyncio.CancelledError)
+    assert done[:2] == [0, 2]
+    assert done[3] == 6
+    assert isinstance(done[2], asyncio.CancelledError)
 
 
 @pytest.mark.parametrize(
@@ -157,14 +182,15 @@ async def test_concurrent_writes_and_reads_go_as_one_pipeline(
     try:
         await raw.config_resetstat()
         await asyncio.gather(*(storage.set(f"k{i}", {"i": i}, 60) for i in range(50)))
-        assert _counts(storage) == (1, 50)
+        assert _counts(storage) == (1, 49)  # the first went alone, on a quiet wire
         got = await asyncio.gather(*(storage.get(f"k{i}") for i in range(50)))
         assert got == [{"i": i} for i in range(50)]
         alive = await asyncio.gather(storage.exists("k1"), storage.exists("nope"))
         assert alive == [True, False]
         gone = await asyncio.gather(storage.delete("k1"), storage.delete("nope"))
         assert gone == [True, False]
-        assert _counts(storage) == (4, 104)
+        # Pairs: the first goes alone, the second alone too (a batch of one).
+        assert _counts(storage) == (2, 98)
         stats = await raw.info("commandstats")
         assert stats["cmdstat_set"]["calls"] == 50
         assert 0 < await raw.pttl("co:k0") <= 60_000
@@ -206,7 +232,7 @@ async def test_a_command_redis_refuses_fails_only_its_caller(
     assert isinstance(replies[1], StorageError)
     assert not isinstance(replies[1], StorageConnectionError)
     assert "WRONGTYPE" in str(replies[1])
-    assert _counts(storage) == (1, 3)
+    assert _counts(storage) == (1, 2)
 
 
 @redis_test
@@ -221,7 +247,7 @@ async def test_coalescing_can_be_turned_off(redis_url: str) -> None:
         assert _counts(adapter) == (0, 0)
         adapter.connection.coalesce = True
         await asyncio.gather(*(adapter.get(f"k{i}") for i in range(10)))
-        assert _counts(adapter) == (1, 10)
+        assert _counts(adapter) == (1, 9)
     finally:
         await adapter.close()
 

@@ -91,6 +91,16 @@ class _Pending:
 _PENDING = _Pending()
 
 
+class _Read(NamedTuple):
+    """A flight that ended in a read (a hit, or a stale value), as its joiners receive it.
+
+    They count it as the hit it is, not as a wait for a creator.
+    """
+
+    value: Any
+    stale: bool
+
+
 class _LeaderGone(Exception):
     """The flight leader was cancelled: its in-process waiters start over."""
 
@@ -142,7 +152,7 @@ class DogpileLock:
         # A backend outage makes every call fall back: one line per interval, not per call.
         self.outage = OutageLog(logger, "cache backend", interval=30.0, level=logging.WARNING)
 
-    async def get_or_create(  # noqa: PLR0911, PLR0912, PLR0917 - hit and miss in one frame (hot path)
+    async def get_or_create(  # noqa: PLR0917 - hit and miss in one frame (hot path)
         self,
         key: str,
         creator: Creator,
@@ -156,30 +166,17 @@ class DogpileLock:
         ``lease_token``: a lease already taken for this call (by a producer's
         ``lookup(claim=True)``); when it still holds the lease, this call adopts it.
         """
-        # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
         leased = self._leased
         if leased is None:
             leased = self._leased = self._backend._lease_seconds is not None
-        flights = self._flights
+        if leased:
+            return await self._get_or_create_leased(
+                key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
+            )
+        # The hit path is kept flat on purpose: one read, one decode, no allocation besides.
         landed = self._landed
-        lease: LeaseResult | None = None
-        token = ""
         try:
-            if leased:
-                # With a lease the first look also takes it on a miss (one round trip
-                # fewer); a creation of the key running here is joined without one
-                # (a regeneration of a stale entry is not: its callers get the stale value).
-                if key in flights and key not in self._regenerating:
-                    return await self._join(
-                        key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
-                    )
-                token = lease_token or f"{self._token_prefix}{next(self._token_count):x}"
-                lease = await self._backend._read_or_acquire(key, token)
-                payload = lease.payload
-                if self.outage.failing:
-                    self.outage.success()
-            else:
-                payload = await self._backend._read_raw(key)
+            payload = await self._backend._read_raw(key)
         except _BACKEND_ERRORS:
             if not fallback_on_error:
                 raise
@@ -202,13 +199,8 @@ class DogpileLock:
                 )
             stats.corrupt_entries += 1
         stats.misses += 1
-        # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
-        request = _new_request(
-            _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
-        )
-        if lease is not None:
-            return await self._leased_miss(request, token, lease)
         # The miss without a lease: the in-process single flight is the election.
+        flights = self._flights
         if key in flights:
             return await self._join(
                 key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
@@ -217,6 +209,10 @@ class DogpileLock:
         # registers one (they join it), so the entry popped below is always ours.
         flights[key] = _PENDING
         try:
+            # tuple.__new__: the NamedTuple's own __new__ is a Python frame on every miss.
+            request = _new_request(
+                _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
+            )
             if self._landed == landed:
                 # No flight here landed a value while the read was suspended (a
                 # backend's _read_raw may await), so there is nothing to re-read.
@@ -229,37 +225,89 @@ class DogpileLock:
         _land_flight(flights, key, value)
         return value
 
-    async def _leased_miss(self, req: _Request, token: str, lease: LeaseResult) -> Any:
-        """A miss whose first look (``lease``, for ``token``) already asked for the lease.
+    async def _get_or_create_leased(  # noqa: PLR0917 - get_or_create's arguments
+        self,
+        key: str,
+        creator: Creator,
+        ttl_seconds: int | None,
+        stale_ttl: int | None,
+        fallback_on_error: bool,
+        lease_token: str | None,
+    ) -> Any:
+        """``get_or_create`` over a cross-process lease: a hit is one round trip, a miss two.
 
-        Acquired (or held by ``token`` already: adopted from a producer, or taken by a
-        repetition of the script after a dropped connection): create and commit. Held by
-        someone else: wait for them (:meth:`_fill`). A corrupt entry (``lease.payload``
-        set, no lease asked): take the lease over it.
+        The first look (:meth:`LockBackend._read_or_acquire`) returns the entry, or takes
+        the lease in the same round trip. Its caller leads this process's flight of the
+        key from before that round trip, so a concurrent caller here joins it (no round
+        trip of its own) and always learns the leader's outcome: its hit, its value, its
+        error. A regeneration of a stale entry is not joined: its callers read and get the
+        stale value.
         """
-        key = req.key
         flights = self._flights
-        lease_seconds = cast(float, self._backend._lease_seconds)
-        if key in flights:
-            # A caller here started on the key during our round trip.
-            if lease.acquired:
-                # Its leader waits on some other holder; we hold the lease now, so we
-                # create (its leader wakes on our commit) and leave its flight alone.
-                return await self._create(req, token, lease_seconds)
-            return await self._join(*req)
-        flights[key] = _PENDING
+        lead = key not in flights
+        if not lead and key not in self._regenerating:
+            return await self._join(
+                key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
+            )
+        req = _new_request(
+            _Request, (key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token)
+        )
+        if lead:
+            flights[key] = _PENDING
+        token = lease_token or f"{self._token_prefix}{next(self._token_count):x}"
         try:
-            if lease.acquired or (lease.payload is None and await self._adopted(key, token, lease)):
-                value = await self._create(req, token, lease_seconds)
-            elif lease.payload is not None:
-                value = await self._fill(req, lease.payload, lease_seconds, token, None)
+            try:
+                lease = await self._backend._read_or_acquire(key, token)
+            except _BACKEND_ERRORS:
+                if not fallback_on_error:
+                    raise
+                value = await self._uncached(req)
             else:
-                value = await self._fill(req, None, lease_seconds, token, lease)
+                if self.outage.failing:
+                    self.outage.success()
+                value = await self._first_look(req, token, lease, lead)
         except BaseException as exc:
-            _fail_flight(flights, key, exc)
+            if lead:
+                _fail_flight(flights, key, exc)
             raise
-        _land_flight(flights, key, value)
+        if lead and key in flights and key not in self._regenerating:
+            # Still ours (a read landed it already, as a _Read): a created or uncached value.
+            _land_flight(flights, key, value)
         return value
+
+    async def _first_look(self, req: _Request, token: str, lease: LeaseResult, lead: bool) -> Any:
+        """What the first look found: a hit, a stale entry, a miss (lease taken or held)."""
+        key = req.key
+        stats = self._stats
+        payload = lease.payload
+        if payload is not None:
+            entry = decode_entry(key, payload)
+            if entry is not None:
+                soft_expiry = entry.soft_expiry
+                if soft_expiry is None or time.time() < soft_expiry:
+                    stats.hits += 1
+                    if lead:
+                        _land_flight(self._flights, key, _Read(entry.value, False))
+                    return entry.value
+                if lead:
+                    # Whoever joined us gets the stale value now; the regeneration is
+                    # a flight of its own.
+                    _land_flight(self._flights, key, _Read(entry.value, True))
+                return await self._serve_stale(req, entry.value, payload, self._landed)
+            stats.corrupt_entries += 1
+        stats.misses += 1
+        lease_seconds = cast(float, self._backend._lease_seconds)
+        if not lead:
+            # We came in during a regeneration and found no usable entry: wait for it.
+            if lease.acquired:
+                await self._release_quietly(key, token)
+            return await self._join(*req)
+        # Ours: taken now, or held by this call's token already (adopted from a producer,
+        # or taken by a repetition of the script after a dropped connection).
+        if lease.acquired or (payload is None and await self._adopted(key, token, lease)):
+            return await self._create(req, token, lease_seconds)
+        # Someone elsewhere holds it (wait), or the entry was corrupt (take it over).
+        return await self._fill(req, payload, lease_seconds, token, None if payload else lease)
 
     async def refresh(
         self,
@@ -329,19 +377,32 @@ class DogpileLock:
         )
 
     async def _await_flight(self, key: str, flight: asyncio.Future[Any], deadline: float) -> Any:
-        self._stats.lock_waits += 1
+        stats = self._stats
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             # shield: a waiter that times out or is cancelled must not cancel the creation.
-            return await asyncio.wait_for(asyncio.shield(flight), deadline - started)
+            result = await asyncio.wait_for(asyncio.shield(flight), deadline - started)
         except TimeoutError:
+            stats.lock_waits += 1
+            self._waited(loop.time() - started)
             if flight.done():
                 raise
-            self._stats.lock_timeouts += 1
+            stats.lock_timeouts += 1
             raise CacheLockTimeout(key, loop.time() - started) from None
-        finally:
+        except BaseException:
+            stats.lock_waits += 1
             self._waited(loop.time() - started)
+            raise
+        if type(result) is _Read:
+            # The leader's first look found the entry: a hit for us too, no creator waited on.
+            stats.hits += 1
+            if result.stale:
+                stats.stale_hits += 1
+            return result.value
+        stats.lock_waits += 1
+        self._waited(loop.time() - started)
+        return result
 
     def _waited(self, seconds: float) -> None:
         """Note how long a caller waited for another's creator (stats, ``LOCK_WAIT``)."""

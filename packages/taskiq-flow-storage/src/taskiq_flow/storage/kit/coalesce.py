@@ -1,11 +1,15 @@
 """``Coalescer``: commands issued in one event-loop turn leave as one batch (auto-pipelining).
 
-As ioredis's ``autoPipelining`` and Lettuce do, without changing any caller's code: the
-first caller of a turn (the *leader*) yields to the event loop once; every command issued
-by other tasks before it resumes joins its batch. Then
+As ioredis's ``autoPipelining`` and Lettuce do, without changing any caller's code:
 
-- a batch of one is sent as it always was (``send_one``): a lone caller pays one loop
-  iteration, nothing else;
+- a command issued while none of this coalescer's requests is on the wire is sent at
+  once (``send_one``): a lone caller pays nothing, not even a loop iteration;
+- a command issued while one is in flight opens a batch (its caller, the *leader*, yields
+  to the event loop once) or joins the open one: every command issued by other tasks
+  before the leader resumes joins it. Under load (something always in flight) the
+  commands of one turn thus leave together; then
+
+- a batch of one is sent as it always was (``send_one``);
 - a larger batch is sent once (``send_batch``, a pipeline: one round trip) by a task of
   its own, so a cancelled caller never takes the others' batch down with it, and each
   caller awaits **its own** future: its own reply, or its own error. ``send_batch``
@@ -77,6 +81,8 @@ class Coalescer:
         self._send_batch = send_batch
         self.max_batch = max_batch
         self._open: _Batch | None = None
+        # Requests of ours on the wire (sent alone or as a batch) and not answered yet.
+        self._in_flight = 0
         self._flushing: set[asyncio.Task[None]] = set()
         self.batches = 0
         """Batches of two or more commands sent."""
@@ -91,6 +97,9 @@ class Coalescer:
             batch.commands.append((args, options))
             batch.futures.append(future)
             return await future
+        if not self._in_flight:
+            # Nothing of ours on the wire: nobody to wait for, nothing to gain by waiting.
+            return await self._one(args, options)
         batch = self._open = _Batch(asyncio.get_running_loop(), (args, options))
         try:
             await asyncio.sleep(0)  # one loop turn: the other ready tasks may join
@@ -103,10 +112,17 @@ class Coalescer:
             raise
         self._close(batch)
         if len(batch.commands) == 1:
-            return await self._send_one(args, options)
+            return await self._one(args, options)
         future = batch.futures[0] = batch.loop.create_future()
         self._flush(batch)
         return await future
+
+    async def _one(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        self._in_flight += 1
+        try:
+            return await self._send_one(args, options)
+        finally:
+            self._in_flight -= 1
 
     def _close(self, batch: _Batch) -> None:
         if self._open is batch:
@@ -120,6 +136,7 @@ class Coalescer:
     async def _send(self, batch: _Batch) -> None:
         self.batches += 1
         self.batched_commands += len(batch.commands)
+        self._in_flight += 1
         try:
             replies = await self._send_batch(batch.commands)
         except asyncio.CancelledError:
@@ -132,6 +149,8 @@ class Coalescer:
                 if future is not None and not future.done():
                     future.set_exception(_own(exc))
             return
+        finally:
+            self._in_flight -= 1
         for future, reply in zip(batch.futures, replies, strict=True):
             if future is None or future.done():
                 continue  # its caller was cancelled; the command ran all the same
