@@ -4,19 +4,22 @@ dogpile.cache's ``Lock`` (``dogpile/lock.py``) elects one thread to run the crea
 others wait or keep returning the previous value. This is the same idea, async, with what a
 distributed cache needs on top:
 
-1. **Fresh hit** — one backend read (``_read_raw``), decode, return. No lock is touched.
+1. **Fresh hit** — one backend read, decode, return. Without a lease (in-memory) the read
+   is ``_read_raw``; with one (Redis) it is ``_read_or_acquire``, which on a miss also
+   takes the lease in the same round trip (so a miss is that and the commit: two).
 2. **Miss** — in-process *single flight*: the first caller for a key registers a future in
-   ``_flights``; every later caller in this process awaits that future (shielded, so one
-   waiter giving up never cancels the creation). Only the flight leader talks to the
-   backend's lease.
-3. **Lease** (``_acquire_lease``; only for a backend with a cross-process lease — without
-   one, step 2's flight is the whole election and its leader creates at once) —
-   atomically: if a value appeared meanwhile, take it;
-   otherwise take the lease (Redis: ``SET NX PX`` with a unique token) or learn the
-   current holder's token. The holder runs the creator while a heartbeat renews the lease
-   every third of its period (compare-token-then-``PEXPIRE``), so a slow creator never
-   loses it. Commit writes the value, releases the lease only if the token still matches
-   and wakes the waiters, in one atomic step.
+   ``_flights`` (with a lease: before its first look, so whoever comes meanwhile joins the
+   look itself and learns its outcome); every later caller in this process awaits that
+   future (shielded, so one waiter giving up never cancels the creation). Only the flight
+   leader talks to the backend's lease.
+3. **Lease** (only for a backend with a cross-process lease — without one, step 2's flight
+   is the whole election and its leader creates at once) — atomically: if a value
+   appeared meanwhile, take it; otherwise take the lease (Redis: ``SET NX PX`` with a
+   unique token) or learn the current holder's token. The holder runs the creator while a
+   heartbeat renews the lease every third of its period (compare-token-then-``PEXPIRE``),
+   so a slow creator never loses it. Commit writes the value only if the token still
+   holds the lease (an invalidation removes the lease: the outdated value is not written
+   back), releases it and wakes the waiters, in one atomic step.
 4. **Waiting** (``_wait_for_release``) — a leader that lost the race blocks on a push
    wake-up tied to the holder's token, bounded by ``poll_interval``; every wake-up or
    poll re-runs step 3, so a holder that died (its lease lapsed) is replaced by exactly one
@@ -31,9 +34,11 @@ distributed cache needs on top:
    and waiters in other processes are woken and retry (an exception cannot cross a
    process boundary without pickle, which this package never uses).
 
-The algorithm is written once here, one path for every backend, and shared by both adapters
-through :class:`LockBackend`: an in-memory backend is fast because it has no lease (no
-token, no heartbeat, no acquire round), not because it has a path of its own.
+The algorithm is written once here and shared by both adapters through
+:class:`LockBackend`: creation, waiting, stale serving and failure are one path for every
+backend; only the first look differs (a plain read without a lease, read-or-acquire
+with one). An in-memory backend is fast because it has no lease (no token, no heartbeat,
+no acquire round), not because it has a creation path of its own.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeAlias
 
@@ -272,3 +273,39 @@ async def count_keys(storage: BaseStorageAdapter, pattern: str, tally: Progress)
         tally.advance()
     tally.close()
     return found
+
+
+async def list_keys(
+    args: argparse.Namespace, keys: AsyncIterator[str], out: TextIO, *, as_json: bool, what: str
+) -> int:
+    """Print the keys ``keys`` yields (sorted, at most ``--limit``), for ``... keys``.
+
+    ``what`` names them in the "nothing matched" sentence (``"key"``, ``"cached key"``).
+    Exit code ``EXIT_NOT_FOUND`` when nothing matched, for scripts; a person also gets a
+    sentence on stderr.
+    """
+    tally = progress_line(args, "listing")
+    found: set[str] = set()
+    async for key in keys:
+        found.add(key)  # SCAN may yield a key twice
+        tally.advance()
+    tally.close()
+    ordered = sorted(found)
+    shown = ordered[: args.limit] if args.limit else ordered
+    if as_json:
+        print_json(
+            out,
+            {
+                "pattern": args.pattern,
+                "keys": shown,
+                "count": len(ordered),
+                "truncated": len(shown) < len(ordered),
+            },
+        )
+    else:
+        out.writelines(f"{key}\n" for key in shown)
+        if len(shown) < len(ordered):
+            sys.stderr.write(f"({len(ordered) - len(shown)} more; raise --limit)\n")
+        elif not ordered:
+            sys.stderr.write(f"taskiq-flow: no {what} matches {args.pattern!r}\n")
+    return EXIT_OK if ordered else EXIT_NOT_FOUND

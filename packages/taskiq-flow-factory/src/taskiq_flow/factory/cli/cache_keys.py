@@ -24,9 +24,9 @@ from taskiq_flow.factory.cli._common import (
     CommandError,
     Subcommands,
     add_command,
+    list_keys,
     positive_int,
     print_json,
-    progress_line,
     to_json,
     wants_json,
 )
@@ -116,31 +116,9 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
 
 
 async def _keys(args: argparse.Namespace, cache: BaseCacheAdapter, out: TextIO) -> int:
-    tally = progress_line(args, "listing")
-    found: set[str] = set()
-    async for key in cache.iter_keys(args.pattern):
-        found.add(key)  # SCAN may repeat a key
-        tally.advance()
-    tally.close()
-    ordered = sorted(found)
-    shown = ordered[: args.limit] if args.limit else ordered
-    if wants_json(args):
-        print_json(
-            out,
-            {
-                "pattern": args.pattern,
-                "keys": shown,
-                "count": len(ordered),
-                "truncated": len(shown) < len(ordered),
-            },
-        )
-    else:
-        out.writelines(f"{key}\n" for key in shown)
-        if len(shown) < len(ordered):
-            sys.stderr.write(f"({len(ordered) - len(shown)} more; raise --limit)\n")
-        elif not ordered:
-            sys.stderr.write(f"taskiq-flow: no cached key matches {args.pattern!r}\n")
-    return EXIT_OK if ordered else EXIT_NOT_FOUND
+    return await list_keys(
+        args, cache.iter_keys(args.pattern), out, as_json=wants_json(args), what="cached key"
+    )
 
 
 async def _get(args: argparse.Namespace, cache: BaseCacheAdapter, out: TextIO) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
@@ -16,6 +15,7 @@ from taskiq_flow.factory.cli._common import (
     Subcommands,
     add_command,
     count_keys,
+    list_keys,
     positive_int,
     print_json,
     progress_line,
@@ -116,32 +116,7 @@ async def run(args: argparse.Namespace, config: TaskiqFlowConfig, out: TextIO) -
 async def _storage_keys(
     args: argparse.Namespace, storage: BaseStorageAdapter, out: TextIO, *, as_json: bool
 ) -> int:
-    tally = progress_line(args, "listing")
-    found: list[str] = []
-    async for key in storage.iter_keys(args.pattern):
-        found.append(key)
-        tally.advance()
-    tally.close()
-    found.sort()
-    shown = found[: args.limit] if args.limit else found
-    if as_json:
-        print_json(
-            out,
-            {
-                "pattern": args.pattern,
-                "keys": shown,
-                "count": len(found),
-                "truncated": len(shown) < len(found),
-            },
-        )
-    else:
-        out.writelines(f"{key}\n" for key in shown)
-        if len(shown) < len(found):
-            sys.stderr.write(f"({len(found) - len(shown)} more; raise --limit)\n")
-        elif not found:
-            # Exit code 1 says "nothing matched" to scripts; a person gets a sentence.
-            sys.stderr.write(f"taskiq-flow: no key matches {args.pattern!r}\n")
-    return EXIT_OK if found else EXIT_NOT_FOUND
+    return await list_keys(args, storage.iter_keys(args.pattern), out, as_json=as_json, what="key")
 
 
 async def _storage_get(
