@@ -424,3 +424,67 @@ async def test_a_waiter_reports_how_long_it_waited(redis_url: str) -> None:
     finally:
         await holder.close()
         await waiter.close()
+
+
+async def test_a_refresh_never_joins_a_concurrent_read(client: aioredis.Redis) -> None:
+    """A read in flight is a flight too; a refresh waits it out and creates anew."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    await cache.set("k", "old")
+    reading = asyncio.create_task(cache.get_or_create("k", lambda: "unused", 60))
+    refreshed = await cache.refresh("k", lambda: "new", 60)
+    assert await reading == "old"
+    assert refreshed == "new"
+    assert await cache.get("k") == "new"
+
+
+async def test_a_caller_cancelled_during_its_first_look_gives_the_lease_back(
+    client: aioredis.Redis,
+) -> None:
+    cache = RedisCacheAdapter(client=client, lock_timeout=30)
+    call = asyncio.create_task(cache.get_or_create("k", lambda: "v", 60))
+    await asyncio.sleep(0)  # the first look is sent (no other command: it goes at once)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(100):  # the release runs in a task of its own
+        if not await client.exists(DEFAULT_KEY_PREFIX + "lock:k"):
+            break
+        await asyncio.sleep(0.01)
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
+    # Nobody waits out a 30 s lease.
+    assert await asyncio.wait_for(cache.get_or_create("k", lambda: "v2", 60), 2) == "v2"
+
+
+async def test_a_failed_commit_gives_joiners_the_value_not_a_second_run(redis_url: str) -> None:
+    """The caller learns the write failed; the callers who joined its run get its value."""
+
+    class CommitFailsOnce(RedisCacheAdapter):
+        failed = False
+
+        async def _commit(
+            self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
+        ) -> None:
+            if payload is not None and not self.failed:
+                self.failed = True
+                raise CacheConnectionError("lock release", "injected: the write was lost")
+            await super()._commit(key, token, payload, ttl_ms)
+
+    cache = CommitFailsOnce(redis_url, lock_timeout=5)
+    runs = 0
+
+    async def creator() -> str:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.1)
+        return "made"
+
+    try:
+        results = await asyncio.gather(
+            *(cache.get_or_create("k", creator, 60, fallback_on_error=False) for _ in range(5)),
+            return_exceptions=True,
+        )
+    finally:
+        await cache.close()
+    assert runs == 1
+    assert isinstance(results[0], CacheConnectionError)
+    assert results[1:] == ["made"] * 4

@@ -151,6 +151,10 @@ class DogpileLock:
         self._leased: bool | None = None
         # Keys whose flight regenerates a stale entry (callers meanwhile get the stale one).
         self._regenerating: set[str] = set()
+        # Keys whose flight is, for now, only a first look (a read): refresh waits it out.
+        self._reading: set[str] = set()
+        # Lease releases left to run after a caller was cancelled mid-look (kept referenced).
+        self._releasing: set[asyncio.Task[None]] = set()
         # Lease tokens: unique across processes (a random prefix), cheap per call.
         self._token_prefix = secrets.token_hex(8)
         self._token_count = itertools.count()
@@ -259,20 +263,31 @@ class DogpileLock:
         )
         if lead:
             flights[key] = _PENDING
+            self._reading.add(key)
         token = lease_token or f"{self._token_prefix}{next(self._token_count):x}"
         try:
             try:
                 lease = await self._backend._read_or_acquire(key, token)
             except _BACKEND_ERRORS:
+                if lead:
+                    self._reading.discard(key)
                 if not fallback_on_error:
                     raise
                 value = await self._uncached(req)
+            except asyncio.CancelledError:
+                # The script may have run (a coalesced batch is sent all the same) and
+                # taken the lease: give it back rather than make everyone wait it out.
+                self._release_later(key, token)
+                raise
             else:
+                if lead:
+                    self._reading.discard(key)
                 if self.outage.failing:
                     self.outage.success()
                 value = await self._first_look(req, token, lease, lead)
         except BaseException as exc:
             if lead:
+                self._reading.discard(key)
                 _fail_flight(flights, key, exc)
             raise
         if lead and key in flights and key not in self._regenerating:
@@ -304,7 +319,7 @@ class DogpileLock:
         lease_seconds = cast(float, self._backend._lease_seconds)
         if not lead:
             # We came in during a regeneration and found no usable entry: wait for it.
-            if lease.acquired:
+            if lease.acquired or lease.holder == token:
                 await self._release_quietly(key, token)
             return await self._join(*req)
         # Ours: taken now, or held by this call's token already (adopted from a producer,
@@ -329,6 +344,7 @@ class DogpileLock:
         lease taken waits for the holder and returns the value it committed, as on a miss.
         """
         flights = self._flights
+        await self._reads_done(key)
         if key in flights:
             return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
         request = _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
@@ -338,6 +354,7 @@ class DogpileLock:
             if not fallback_on_error:
                 raise
             return await self._uncached(request)
+        await self._reads_done(key)
         if key in flights:  # a creation started while we read
             return await self._join(key, creator, ttl_seconds, stale_ttl, fallback_on_error, None)
         self._stats.misses += 1
@@ -353,6 +370,21 @@ class DogpileLock:
             raise
         _land_flight(flights, key, value)
         return value
+
+    async def _reads_done(self, key: str) -> None:
+        """Wait while this process's flight of ``key`` is only a read (refresh must create).
+
+        A read flight ends within one round trip (or turns into a creation, which a
+        refresh then joins).
+        """
+        while key in self._reading:
+            await self.wait_for_flight(key, self.max_wait)
+
+    def _release_later(self, key: str, token: str) -> None:
+        """Release ``token``'s lease on ``key`` (if it holds it) in a task of its own."""
+        task = asyncio.get_running_loop().create_task(self._release_quietly(key, token))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     # -- miss: joining a flight; the lease ---------------------------------------------
 
@@ -545,13 +577,17 @@ class DogpileLock:
         self._landed += 1
         # How long the backend keeps the entry: its TTL plus any stale window, in ms.
         ttl_ms = None if ttl_seconds is None else (ttl_seconds + (stale_ttl or 0)) * 1000
+        returned = value if type(value) in _SAME_WHEN_DECODED else _as_returned(key, value, payload)
         try:
             await self._backend._commit(key, token, payload, ttl_ms)
-        except _BACKEND_ERRORS:
+        except _BACKEND_ERRORS as exc:
             if not req.fallback_on_error:
+                # The caller learns the write failed; whoever joined its flight gets the
+                # value (see _fail_flight) rather than run the creator again.
+                setattr(exc, _CREATED, returned)
                 raise
             logger.warning("could not store the new value of %r; returning it uncached", key)
-        return value if type(value) in _SAME_WHEN_DECODED else _as_returned(key, value, payload)
+        return returned
 
     async def _heartbeat(self, key: str, token: str, lease: float) -> None:
         interval = lease / 3
@@ -666,10 +702,23 @@ def _land_flight(flights: dict[str, Any], key: str, value: Any) -> None:
         joined.set_result(value)
 
 
+_CREATED = "_taskiq_flow_created"
+"""On a commit error: the value its creator made (joiners get it; the caller the error)."""
+_NOT_CREATED = object()
+
+
 def _fail_flight(flights: dict[str, Any], key: str, exc: BaseException) -> None:
-    """End the flight of ``key`` with ``exc``; a cancelled leader makes joiners start over."""
+    """End the flight of ``key`` with ``exc``; a cancelled leader makes joiners start over.
+
+    A commit that failed after its creator ran carries the value: joiners get that.
+    """
     joined = flights.pop(key, None)
     if isinstance(joined, asyncio.Future):
+        created = getattr(exc, _CREATED, _NOT_CREATED)
+        if created is not _NOT_CREATED:
+            if not joined.done():
+                joined.set_result(created)
+            return
         _settle(joined, exc if isinstance(exc, Exception) else _LeaderGone())
 
 

@@ -483,11 +483,13 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         """Remove every entry (and lease) whose key matches ``pattern``; how many entries."""
         check_cache_pattern(pattern)
         removed = 0
+        # Leases first: a creation in flight then stores nothing, whenever it commits; one
+        # that committed before its lease was reached has its entry removed by the second
+        # pass. (Entries first would let a commit land between the two passes.)
+        async for batch in self._scan_keys(self._lock_prefix, pattern, "delete pattern"):
+            removed += await self._remove(batch)
         async for batch in self._scan_keys(self._value_prefix, pattern, "delete pattern"):
             removed += await self._remove(batch)
-        # Creations in flight with no entry yet: their leases only.
-        async for batch in self._scan_keys(self._lock_prefix, pattern, "delete pattern"):
-            await self._remove(batch)
         return removed
 
     async def tag(self, key: str, tags: Iterable[str], ttl_seconds: int | None = None) -> None:

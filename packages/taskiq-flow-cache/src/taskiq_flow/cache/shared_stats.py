@@ -25,7 +25,6 @@ Direct users of an adapter may call ``adapter.shared_stats.add(...)`` themselves
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -70,6 +69,7 @@ class SharedStats:
         # (task, field) -> count not yet written.
         self._pending: dict[tuple[str, str], int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
         self.outage = OutageLog(logger, what, interval=60.0, level=logging.WARNING)
         self.writes = 0
         """Batches written so far."""
@@ -84,7 +84,7 @@ class SharedStats:
         key = (task, field)
         pending = self._pending
         pending[key] = pending.get(key, 0) + n
-        if self._flusher is None:
+        if self._flusher is None and not self._closed:
             self._start()
 
     @property
@@ -158,15 +158,19 @@ class SharedStats:
         return summarize(_decode(await self._read()))
 
     async def close(self) -> None:
-        """Stop the background writer and write what is left (best effort)."""
+        """Stop the background writer and write what is left (best effort).
+
+        No writer starts after this: counts added later stay pending (``pending``).
+        """
+        self._closed = True
         flusher = self._flusher
         self._flusher = None
         if flusher is not None and not flusher.done():
             loop = flusher.get_loop()
             if loop is asyncio.get_running_loop():
                 flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                # Bounded: a writer stuck in a write must not hold a shutdown up.
+                await asyncio.wait({flusher}, timeout=2.0)
             elif not loop.is_closed():  # started on another loop, still running
                 loop.call_soon_threadsafe(flusher.cancel)
         await self.flush()

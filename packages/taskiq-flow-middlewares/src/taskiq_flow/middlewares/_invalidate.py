@@ -80,18 +80,24 @@ async def task_keys(cache: BaseCacheAdapter, task_or_name: object) -> AsyncItera
 def tagging(
     cache: BaseCacheAdapter, call: CacheCall, creator: Callable[[], Any]
 ) -> Callable[[], Any]:
-    """``creator``, recording the call's ``cache_tags`` before its entry is stored.
+    """``creator``, recording the call's ``cache_tags`` before it runs.
 
-    Only a creator is wrapped, so a hit never writes a tag. The tags were checked when
+    Only a creator is wrapped, so a hit never writes a tag. The tags are written before
+    the function runs, so an ``invalidate_tag`` during the run finds the key and removes
+    its lease: the outdated result is not stored (the no-resurrection rule). They are
+    written again after, with the entry's own TTL (an ``Expiring`` may change it) counted
+    from then, so the tag set never expires before the entry. The tags were checked when
     the call was decided (a bad label runs the call uncached); a tag that cannot be
     written (the backend is down) fails the creation like its commit would.
     """
     tags = _labels.parse_tags(call.message.labels[_labels.LABEL_CACHE_TAGS])
 
     async def tagged() -> Any:
+        await cache.tag(call.key, tags, call.ttl)
         entry = await creator()
-        ttl = entry.ttl_seconds if isinstance(entry, Expiring) else call.ttl
-        await cache.tag(call.key, tags, ttl)
+        await cache.tag(
+            call.key, tags, entry.ttl_seconds if isinstance(entry, Expiring) else call.ttl
+        )
         return entry
 
     return tagged

@@ -197,7 +197,9 @@ class Resolver:
                         return produced
                 counters["executions"] += 1
                 return await (func(*args, **kwargs) if run is None else run())
-        if LOCK_WAIT.get(0.0):  # set only by a call that waited for another's run
+        # Set only by a call that waited for another's run; a call whose own creator ran
+        # did not wait (a wait then was the task body's own cache use).
+        if LOCK_WAIT.get(0.0) and produced is MISSING and failed is None:
             _metrics.count_lock_wait(mw._metrics, mw._shared, call.message.task_name, call.key)
         if self.failing:
             self._answered()
