@@ -69,7 +69,6 @@ class SharedStats:
         # (task, field) -> count not yet written.
         self._pending: dict[tuple[str, str], int] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
         self.outage = OutageLog(logger, what, interval=60.0, level=logging.WARNING)
         self.writes = 0
         """Batches written so far."""
@@ -84,7 +83,7 @@ class SharedStats:
         key = (task, field)
         pending = self._pending
         pending[key] = pending.get(key, 0) + n
-        if self._flusher is None and not self._closed:
+        if self._flusher is None:
             self._start()
 
     @property
@@ -160,9 +159,9 @@ class SharedStats:
     async def close(self) -> None:
         """Stop the background writer and write what is left (best effort).
 
-        No writer starts after this: counts added later stay pending (``pending``).
+        Counting again afterwards starts a new writer (adapters are reusable after
+        ``close()``; their client reconnects).
         """
-        self._closed = True
         flusher = self._flusher
         self._flusher = None
         if flusher is not None and not flusher.done():
