@@ -55,6 +55,7 @@ class Cluster:
             "TASKIQ_FLOW_IT_LEASE": str(lease),
             **env,
         }
+        self.app = app
         self.tmp_path = tmp_path
         self.started = 0
         self.workers: list[WorkerProcess] = []
@@ -71,6 +72,13 @@ class Cluster:
         ).start()
         self.workers.append(worker)
         return worker
+
+    async def ready(self) -> None:
+        """Wait until every worker started so far has run its startup (up to 60 s)."""
+        key = self.app.WORKERS_UP.format(queue=self.queue)
+        async with asyncio.timeout(60):
+            while int(await self.client.get(key) or 0) < self.started:
+                await asyncio.sleep(0.05)
 
     async def count(self, key: str) -> int:
         return int(await self.client.get(key) or 0)
@@ -108,6 +116,7 @@ async def test_sigkill_between_claim_and_send(cluster, diamond_app) -> None:
     for _ in range(4):
         c.start_worker()
     await c.producer.broker.startup()
+    await c.ready()
     for n in range(3):
         pid = f"kill-{n}"
         run = await c.producer.pipeline.kiq(n=n, pipeline_id=pid)
@@ -142,6 +151,7 @@ async def test_sigkill_between_claim_and_send_with_nobody_waiting(cluster, diamo
     c.start_worker()
     c.start_worker()
     await c.producer.broker.startup()
+    await c.ready()
     producer = pipeline_middleware(c.producer)
     assert not producer.broker.is_worker_process
     assert not producer._sweeper.running
@@ -177,6 +187,7 @@ async def test_chaos_fifty_diamonds_while_a_worker_keeps_dying(cluster, diamond_
     c.start_worker()
     victim = c.start_worker()
     await c.producer.broker.startup()
+    await c.ready()
     stop = asyncio.Event()
     kills = 0
 
@@ -228,6 +239,7 @@ async def test_fan_out_over_a_hundred_elements_on_two_workers(cluster, diamond_a
     c.start_worker()
     c.start_worker()
     await c.producer.broker.startup()
+    await c.ready()
     deadline = time.monotonic() + 30
     while len(await c.client.keys("it:pipeline:stats:*")) < 2:  # both workers consume
         assert time.monotonic() < deadline
@@ -245,6 +257,7 @@ async def test_cancel_a_ten_step_chain_and_show_it(cluster, diamond_app, redis_u
     c.start_worker()
     c.start_worker()
     await c.producer.broker.startup()
+    await c.ready()
     run = await c.producer.chain.kiq(x0=0, pipeline_id="chain-1")
     node_count = diamond_app.NODE_COUNT
     deadline = time.monotonic() + 20

@@ -70,6 +70,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
+from taskiq.exceptions import TaskiqResultTimeoutError
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
 from taskiq_flow.cache.redis import RedisCacheAdapter
@@ -280,7 +281,10 @@ class Producer:
                 *(task.kiq(i, nonce) for i in range(start, min(n, start + IN_FLIGHT)))
             )
         for i, sent in enumerate(kicked):
-            result = await sent.wait_result(check_interval=POLL, timeout=120)
+            try:
+                result = await sent.wait_result(check_interval=POLL, timeout=120)
+            except TaskiqResultTimeoutError as exc:
+                raise RuntimeError(await self.lost(spec, i, sent.task_id)) from exc
             if result.is_err or result.return_value != i:
                 raise RuntimeError(f"{spec.name}: task {i} returned {result!r}")
         rate = n / (time.perf_counter() - started)
@@ -293,6 +297,14 @@ class Producer:
         commands = Counter(stats_after)
         commands.subtract(stats_before)
         return rate, (commands, workers, mine)
+
+    async def lost(self, spec: RowSpec, i: int, task_id: str) -> str:
+        """What Redis holds about a task whose result never came (for the error)."""
+        keys = sorted(k.decode() for k in await self.admin.keys(f"*{task_id}*"))
+        queue = self.brokers[spec.stack].queue_name  # type: ignore[attr-defined]
+        waiting = await self.admin.llen(queue)
+        return (f"{spec.name}: no result for task {i} ({task_id}) in 120 s; "
+                f"keys naming it: {keys}; messages still queued: {waiting}")  # fmt: skip
 
     async def run(self, n: int, rounds: int) -> list[Row]:
         # Warm up every stack (connections, scripts) and fill the cache the hit rows read.
@@ -400,6 +412,10 @@ def measure(n: int, rounds: int) -> list[Row]:
                     raise RuntimeError(f"workers did not start:\n{logs}")
                 time.sleep(0.05)
             return asyncio.run(produce(server.url, stats_dir, queues, n, rounds))
+        except BaseException:
+            for log in sorted(stats_dir.glob("*.log")):  # what the workers said, for the error
+                print(f"--- {log.name} ---\n{log.read_text()[-4000:]}", file=sys.stderr)
+            raise
         finally:
             for worker in workers:
                 worker.kill()  # idle list-queue workers ignore SIGTERM

@@ -49,6 +49,7 @@ ARRIVED = "it:pipeline:arrived:{pipeline_id}"
 NODE_COUNT = "it:pipeline:ran:{pipeline_id}:{node}"
 KILLED = "it:pipeline:killed:{pipeline_id}"
 GATE = "it:pipeline:gate:{pipeline_id}"
+WORKERS_UP = "it:pipeline:workers-up:{queue}"
 SQUARES_BY_PID = "it:pipeline:squares:{pipeline_id}"
 CHAIN = 10
 
@@ -214,15 +215,25 @@ def build(
 
 def create_broker() -> AsyncBroker:
     """Factory for ``taskiq worker``: the app configured from the environment."""
-    return build(
+    queue = os.environ["TASKIQ_FLOW_IT_QUEUE"]
+    app = build(
         os.environ["TASKIQ_FLOW_IT_REDIS_URL"],
-        os.environ["TASKIQ_FLOW_IT_QUEUE"],
+        queue,
         float(os.environ.get("TASKIQ_FLOW_IT_READINESS_DELAY", "0")),
         lease=float(os.environ.get("TASKIQ_FLOW_IT_LEASE", "60")),
         step_delay=float(os.environ.get("TASKIQ_FLOW_IT_STEP_DELAY", "0")),
         kill_at=os.environ.get("TASKIQ_FLOW_IT_KILL_AT_SEND") or None,
         sweep=_sweep(os.environ.get("TASKIQ_FLOW_IT_SWEEP", "auto")),
-    ).broker
+    )
+
+    async def started(_state: object) -> None:
+        # The tests wait for this before kicking: on a loaded machine a worker can take
+        # longer to start than a step's lease, and a step nobody could pick up yet would
+        # be taken for lost.
+        await app.client.incr(WORKERS_UP.format(queue=queue))
+
+    app.broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, started)
+    return app.broker
 
 
 def _sweep(value: str) -> float | Literal["auto"] | None:
