@@ -23,9 +23,9 @@ from taskiq_flow.cache.shared_stats import SEPARATOR
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.middlewares._metrics import (
     LOCK_WAIT_BUCKETS,
+    _batch_observer,
     _incrementer,
     _metric,
-    _observer,
 )
 from taskiq_flow.middlewares.errors import MiddlewareConfigError
 from taskiq_flow.storage import InMemoryStorageAdapter
@@ -308,9 +308,11 @@ def test_the_fast_paths_count_as_the_public_methods() -> None:
     registry = CollectorRegistry()
     ours = Histogram("ours_seconds", "d", registry=registry, buckets=LOCK_WAIT_BUCKETS)
     public = Histogram("public_seconds", "d", registry=registry, buckets=LOCK_WAIT_BUCKETS)
-    observe = _observer(ours)
-    for value in (0, 0.005, 0.0051, 0.3, 59.9, 60, 61, 1e9):
-        observe(value)
+    observe = _batch_observer(ours)
+    values = (0, 0.005, 0.0051, 0.3, 59.9, 60, 61, 1e9)
+    observe(values[:1])  # one at a time and several at once
+    observe(values[1:])
+    for value in values:
         public.observe(value)
 
     def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
@@ -328,6 +330,8 @@ def test_the_fast_paths_count_as_the_public_methods() -> None:
         inc(1)
     assert registry.get_sample_value("c_total", {"x": "1"}) == 3
     # A prometheus-client whose internals differ gets the public methods.
-    odd = SimpleNamespace(inc=print, observe=print)
+    seen: list[float] = []
+    odd = SimpleNamespace(inc=print, observe=seen.append)
     assert _incrementer(odd) is print
-    assert _observer(odd) is print
+    _batch_observer(odd)((1.0, 2.0))
+    assert seen == [1.0, 2.0]

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from taskiq_flow.middlewares import (
     PipelineMiddleware,
     StorageMiddleware,
     StorageResultBackend,
+    _metrics,
     pipeline_task,
 )
 from taskiq_flow.middlewares._metrics import _metric
@@ -478,3 +480,44 @@ async def test_storage_metrics_false_counts_nothing() -> None:
         await broker.shutdown()
     assert storage_samples() == before
     assert middleware.get_stats()["records_written"] == 1
+
+
+def test_hot_path_events_from_many_threads_are_exact_at_every_collection() -> None:
+    # Answers and written records are pushed to prometheus-client in batches; the default
+    # registry's collection pushes what is pending first, whatever thread recorded it.
+    recorder = _metrics.recorder()
+    assert recorder is not None
+    name = unique("threads")
+
+    def hammer() -> None:
+        for _ in range(5000):
+            recorder.cache_request(name, "hit")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert requests(name, "hit") == 20_000
+    written = sample("taskiq_flow_storage_write_seconds_count")
+    recorder.storage_written(0.002)
+    recorder.storage_written(0.2)
+    assert sample("taskiq_flow_storage_write_seconds_count") == written + 2
+
+
+async def test_hot_path_events_reach_prometheus_client_within_the_interval() -> None:
+    # What a multiprocess scrape reads (another process: no collection here to push
+    # first) is the metric values themselves: pushed within FLUSH_INTERVAL on the loop.
+    recorder = _metrics.recorder()
+    assert recorder is not None
+    name = unique("timer")
+    child = recorder.cache_requests.labels(name, "miss")
+    for _ in range(3):
+        recorder.cache_request(name, "miss")
+    assert child._value.get() == 0  # pending, not pushed yet
+    await asyncio.sleep(_metrics.FLUSH_INTERVAL + 0.2)
+    assert child._value.get() == 3
+    # Past MAX_PENDING events they are pushed at once, timer or not.
+    for _ in range(_metrics.MAX_PENDING):
+        recorder.cache_request(name, "miss")
+    assert child._value.get() == 3 + _metrics.MAX_PENDING

@@ -11,10 +11,13 @@ Labels are bounded: task names and a fixed set of outcomes, never keys or argume
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -99,47 +102,76 @@ def _incrementer(child: Any) -> Callable[[float], None]:
     return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
 
 
-def _observer(histogram: Any) -> Callable[[float], None]:
-    """``histogram.observe`` (no exemplar) with a bisection instead of a loop over buckets.
+def _batch_observer(histogram: Any) -> Callable[[Sequence[float]], None]:
+    """Observe many amounts at once: one update of the sum and of each bucket hit.
 
-    Falls back to the public method if the histogram's internals are not as expected.
+    Falls back to ``histogram.observe`` per amount if its internals are not as expected.
     """
     bounds = getattr(histogram, "_upper_bounds", None)
     add: Any = getattr(getattr(histogram, "_sum", None), "inc", None)
     counts: list[Any] = [getattr(b, "inc", None) for b in getattr(histogram, "_buckets", ())]
     if not bounds or len(counts) != len(bounds) or not all(map(callable, [add, *counts])):
-        return histogram.observe  # type: ignore[no-any-return]
 
-    def observe(amount: float) -> None:
-        add(amount)
-        # The first bucket whose upper bound holds amount (the last one is +Inf).
-        counts[bisect_left(bounds, amount)](1)
+        def each(amounts: Sequence[float]) -> None:
+            for amount in amounts:
+                histogram.observe(amount)
 
-    return observe
+        return each
+
+    def observe_all(amounts: Sequence[float]) -> None:
+        add(sum(amounts))
+        # The first bucket whose upper bound holds each amount (the last one is +Inf).
+        for bucket, hits in Counter(bisect_left(bounds, a) for a in amounts).items():
+            counts[bucket](hits)
+
+    return observe_all
 
 
-def _span_getter(trace: Any) -> Callable[[], Any]:
-    """``trace.get_current_span`` in one Python call instead of four (every hook asks).
+#: Longest a hot-path event waits before it reaches prometheus-client (seconds).
+FLUSH_INTERVAL = 0.5
+#: Events past which they are pushed at once, whatever the timer (bounds the memory).
+MAX_PENDING = 4096
 
-    Reads the span under the key the API itself uses from the current context: straight
-    from the API's context variable when its runtime context keeps one (the default,
-    ``contextvars``), else through ``opentelemetry.context.get_current()``; without that
-    key, the public function.
+# Every Recorder of this process, flushed before each collection of the default registry.
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_flush_first_registered = False
+
+
+class _FlushFirst:
+    """A collector of nothing, registered ahead of our metrics: pushes pending events.
+
+    prometheus-client collects a registry's collectors in registration order, so an
+    in-process scrape (or ``get_sample_value``) sees every event recorded before it.
+    """
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        for live in list(_live):
+            live.flush()
+        return []
+
+
+def _span_context(trace: Any) -> tuple[Callable[[], Any], str]:
+    """How to read the current span with no Python call: ``(read_context, key)``.
+
+    ``read_context().get(key)`` is the span of the current context, or ``None`` when there
+    is none (no tracing middleware around the task: the common case, which then costs two
+    C calls). It reads the API's own context variable when its runtime context keeps one
+    (the default, ``contextvars``), else ``opentelemetry.context.get_current()``; an API
+    without the span key it uses gets a reader calling ``trace.get_current_span``.
     """
     key = getattr(importlib.import_module("opentelemetry.trace.propagation"), "_SPAN_KEY", None)
     if not isinstance(key, str):
-        return trace.get_current_span  # type: ignore[no-any-return]
+        own = "taskiq_flow.span"
+        return (lambda: {own: trace.get_current_span()}), own
     context = importlib.import_module("opentelemetry.context")
     variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
-    current: Callable[[], Any] = (
+    read: Callable[[], Any] = (
         variable.get if isinstance(variable, ContextVar) else context.get_current
     )
-    invalid = trace.INVALID_SPAN
-
-    def current_span() -> Any:
-        return current().get(key, invalid)
-
-    return current_span
+    return read, key
 
 
 class Recorder:
@@ -148,13 +180,24 @@ class Recorder:
     def __init__(self, prom: Any, trace: Any) -> None:
         self.prometheus = prom is not None
         self._trace = trace
-        # Called only when trace is not None (each hook checks that first).
-        self._current_span: Callable[[], Any] = _span_getter(trace) if trace else type(None)
+        # Read only when trace is not None (each hook checks that first).
+        self._span_context: Callable[[], Any]
+        self._span_key: str
+        self._span_context, self._span_key = _span_context(trace) if trace else (dict, "")
         self._children: dict[tuple[str, str], Any] = {}
         # Records each writer keeps for a retry: the gauge is their sum in this process.
         self._buffered: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # The hot path's events, pushed by flush(): the incrementer of the answer's child
+        # per cache answer, a float (the store call's seconds) per record written.
+        self._events: list[Any] = []
+        self._flush_lock = threading.Lock()
         if prom is None:
             return
+        global _flush_first_registered  # noqa: PLW0603 - one per process, ahead of the metrics
+        if not _flush_first_registered:
+            prom.REGISTRY.register(_FlushFirst())
+            _flush_first_registered = True
+        _live.add(self)
         task = ("task_name",)
         self.cache_requests = _metric(
             prom,
@@ -171,8 +214,8 @@ class Recorder:
             task,
             buckets=LOCK_WAIT_BUCKETS,
         )
-        # task name -> its child's observe (see _observer)
-        self._lock_wait_children: dict[str, Callable[[float], None]] = {}
+        # task name -> its child's observe (see _batch_observer)
+        self._lock_wait_children: dict[str, Callable[[Sequence[float]], None]] = {}
         self.cache_lock_timeouts = _metric(
             prom,
             "Counter",
@@ -222,22 +265,70 @@ class Recorder:
             "taskiq_flow_storage_write_seconds",
             "Duration of the store calls writing records (failed ones included).",
         )
-        self._observe_write = _observer(self.storage_write_seconds)
+        self._observe_writes = _batch_observer(self.storage_write_seconds)
+
+    # -- batching --------------------------------------------------------------------------
+
+    # A hot-path event is kept in self._events for the next flush(), by the hook itself:
+    #     events.append(event); n = len(events); if n == 1 or n >= MAX_PENDING: _pending(n)
+    # Why: a prometheus-client update is a Python call taking a lock; a task's answer and
+    # record made four of them, a few per cent of an in-memory task's cost. Here an event
+    # is one list.append (atomic under the GIL, from any thread) and one len().
+
+    def _pending(self, count: int) -> None:
+        """The first event since the last flush arms the timer; too many flush at once."""
+        if count >= MAX_PENDING:
+            self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Push the pending events to prometheus-client (any thread; idempotent)."""
+        with self._flush_lock:
+            events = self._events
+            count = len(events)
+            if not count:
+                return
+            batch = events[:count]
+            # Appends made meanwhile (other threads) sit past count and stay pending.
+            del events[:count]
+            answers: Counter[Callable[[float], None]] = Counter()
+            writes: list[float] = []
+            for event in batch:
+                if type(event) is float:
+                    writes.append(event)
+                else:
+                    answers[event] += 1
+            for inc, hits in answers.items():
+                inc(hits)
+            if writes:
+                self._observe_writes(writes)
+                self._count_written(len(writes))
 
     # -- cache -----------------------------------------------------------------------------
 
     def cache_request(self, task_name: str, result: str, key: str | None = None) -> None:
         """Count one call of ``task_name`` answered as ``result``; tag the current span."""
         if self.prometheus:
-            # labels() takes a lock and builds a tuple per call: keep each child's inc.
+            # The child's incrementer, not a new tuple: pending events allocate nothing
+            # the garbage collector tracks.
             inc = self._children.get((task_name, result))
             if inc is None:
                 inc = _incrementer(self.cache_requests.labels(task_name, result))
                 self._children[task_name, result] = inc
-            inc(1)
+            events = self._events
+            events.append(inc)
+            count = len(events)
+            if count == 1 or count >= MAX_PENDING:
+                self._pending(count)
         if self._trace is not None and result in {"hit", "miss", "at_send"}:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 span.set_attribute("taskiq_flow.cache.hit", result != "miss")
                 if key is not None:
                     span.set_attribute("taskiq_flow.cache.key", key)
@@ -247,12 +338,12 @@ class Recorder:
         if self.prometheus:
             observe = self._lock_wait_children.get(task_name)
             if observe is None:
-                observe = _observer(self.cache_lock_wait_seconds.labels(task_name))
+                observe = _batch_observer(self.cache_lock_wait_seconds.labels(task_name))
                 self._lock_wait_children[task_name] = observe
-            observe(seconds)
+            observe((seconds,))
         if self._trace is not None:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 waited_ms = seconds * 1000
                 span.set_attribute("taskiq_flow.cache.lock_wait_ms", waited_ms)
                 span.add_event(
@@ -269,8 +360,8 @@ class Recorder:
         if self.prometheus:
             self.cache_lock_timeouts.inc()
         if self._trace is not None:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 span.add_event(
                     "taskiq_flow.cache.lock_timeout",
                     {"taskiq_flow.cache.key": key, "taskiq_flow.task_name": task_name},
@@ -303,17 +394,20 @@ class Recorder:
     def storage_written(self, seconds: float) -> None:
         """A task's record written by one store call of ``seconds``: the healthy path."""
         if self.prometheus:
-            self._observe_write(seconds)
-            self._count_written(1)
+            events = self._events
+            events.append(seconds)
+            count = len(events)
+            if count == 1 or count >= MAX_PENDING:
+                self._pending(count)
         if self._trace is not None:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 span.set_attribute("taskiq_flow.storage.written", True)
 
     def storage_write_time(self, seconds: float) -> None:
         """Observe one store call's duration."""
         if self.prometheus:
-            self._observe_write(seconds)
+            self._observe_writes((seconds,))
 
     def storage_buffered(self, writer: object, count: int) -> None:
         """Set ``writer``'s count of records kept for a retry; the gauge shows the sum."""
@@ -324,15 +418,15 @@ class Recorder:
     def storage_record(self, *, written: bool) -> None:
         """Tag the current span: was the task's record written to the store now."""
         if self._trace is not None:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 span.set_attribute("taskiq_flow.storage.written", written)
 
     def storage_failure(self, exc: BaseException, records: int) -> None:
         """Add a span event: a storage write failed (``records`` are kept for a retry)."""
         if self._trace is not None:
-            span = self._current_span()
-            if span.is_recording():
+            span = self._span_context().get(self._span_key)
+            if span is not None and span.is_recording():
                 span.add_event(
                     "taskiq_flow.storage.failure",
                     {

@@ -248,6 +248,8 @@ class CacheMiddleware(TaskiqMiddleware):
         """Send what still waits on another process's call, then close the cache adapter."""
         await self._gate.close()
         await self.cache.close()
+        if self._metrics is not None:
+            self._metrics.flush()  # a multiprocess scrape reads what the worker counted
 
     # -- invalidation ------------------------------------------------------------------
 

@@ -225,6 +225,8 @@ class StorageMiddleware(TaskiqMiddleware):
         a store shared with code that runs later keeps working.
         """
         await self.writer.close(self.shutdown_flush_timeout)
+        if self.writer.metrics is not None:
+            self.writer.metrics.flush()  # a multiprocess scrape reads what the worker counted
         try:
             await self.storage.close()
         except StorageError:
