@@ -66,6 +66,10 @@ def test_e2e_bench_runs() -> None:
         assert row["ratio"] > 0
         assert row["commands_per_task"] > 0
         assert row["round_trips_per_task"] > 0
+    # The workers' CPU per task is read (a hundred tasks of a few hundred us each per
+    # round: several 10 ms clock ticks); answered at send, the workers do nothing.
+    assert rows["bare"]["worker_cpu_us_per_task"] > 0
+    assert rows["both, misses"]["worker_cpu_us_per_task"] > 0
     # A no-op task costs the bare stack its LPUSH, BRPOP and result SET.
     assert rows["bare"]["commands_per_task"] == pytest.approx(3, abs=0.1)
     assert rows["both, hits"]["cache_round_trips_per_task"] > 0

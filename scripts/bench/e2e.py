@@ -44,6 +44,15 @@ per task.
   workers' plus the producer's send (the LPUSH), without the result polls; the cache's
   share is shown apart (``cache rt``).
 
+* CPU: the worker processes' CPU time per task (``utime + stime`` of every process of
+  the stack's two worker process groups, every thread included), diffed around each
+  round, median over rounds; ``cpu ratio``: the baseline's CPU per task over the row's,
+  the median of the per-round ratios (above 1: the row costs less). Clock ticks are
+  10 ms: rounds of a few thousand tasks give a figure to the per cent, a ``--quick``
+  run's are rough. Unlike tasks/s it does not move when other jobs take the cores (they
+  take wall time, not our processes' CPU time), so it resolves differences of a few per
+  cent, such as metrics on vs off, on a shared machine where tasks/s cannot.
+
 ``--json`` adds, per row, the per-task rate of every round, the commands per task by name
 (result polls included there) and the round trips per task by owner. ``--no-coalesce``
 turns the Redis connections' coalescing off in every process (the figures before it).
@@ -237,6 +246,10 @@ class Row:
     evalsha_per_task: float
     round_trips_per_task: float
     cache_round_trips_per_task: float
+    worker_cpu_us_per_task: float = 0.0
+    """Median over rounds of the stack's worker processes' CPU time per task."""
+    cpu_ratio: float = 0.0
+    """Median over rounds of the baseline's worker CPU per task over this row's."""
     rates: list[float] = field(default_factory=list)
     commands: dict[str, float] = field(default_factory=dict)
     round_trips: dict[str, float] = field(default_factory=dict)
@@ -247,10 +260,12 @@ class Row:
 class Producer:
     """Kicks rounds of tasks and measures them."""
 
-    def __init__(self, url: str, stats_dir: Path, brokers: dict[str, AsyncBroker]) -> None:
+    def __init__(self, url: str, stats_dir: Path, brokers: dict[str, AsyncBroker],
+                 groups: dict[str, list[int]]) -> None:  # fmt: skip
         self.url = url
         self.stats_dir = stats_dir
         self.brokers = brokers
+        self.groups = groups
         self.admin = aioredis.Redis.from_url(url)
 
     def worker_counts(self, stack: str) -> Counter[str]:
@@ -260,12 +275,19 @@ class Producer:
                 total.update(json.loads(path.read_text()))
         return total
 
+    def worker_cpu(self, stack: str) -> float:
+        """CPU seconds the workers of ``stack`` have used so far (every process, thread)."""
+        from taskiq_flow_testing import group_cpu_seconds  # noqa: PLC0415 - dev tool
+
+        return sum(group_cpu_seconds(pgid) for pgid in self.groups[stack])
+
     async def commandstats(self) -> dict[str, int]:
         info = await self.admin.info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
     async def run_round(self, spec: RowSpec, n: int, nonce: str) -> tuple[float, Any]:
-        """One round: kick ``n`` tasks, await every result; rate and counter deltas."""
+        """One round: kick ``n`` tasks, await every result; rate, counter deltas and the
+        workers' CPU microseconds per task."""
         broker = self.brokers[spec.stack]
         task = broker.find_task(spec.task)
         if task is None:
@@ -274,6 +296,7 @@ class Producer:
         workers_before = self.worker_counts(spec.stack)
         mine_before = Counter(COUNTS)
         stats_before = await self.commandstats()
+        cpu_before = self.worker_cpu(spec.stack)
         started = time.perf_counter()
         kicked = []
         for start in range(0, n, IN_FLIGHT):
@@ -288,6 +311,7 @@ class Producer:
             if result.is_err or result.return_value != i:
                 raise RuntimeError(f"{spec.name}: task {i} returned {result!r}")
         rate = n / (time.perf_counter() - started)
+        cpu = (self.worker_cpu(spec.stack) - cpu_before) / n * 1e6
         stats_after = await self.commandstats()
         await asyncio.sleep(0.1)
         workers = self.worker_counts(spec.stack)
@@ -296,7 +320,7 @@ class Producer:
         mine.subtract(mine_before)
         commands = Counter(stats_after)
         commands.subtract(stats_before)
-        return rate, (commands, workers, mine)
+        return rate, (commands, workers, mine, cpu)
 
     async def lost(self, spec: RowSpec, i: int, task_id: str) -> str:
         """What Redis holds about a task whose result never came (for the error)."""
@@ -311,13 +335,15 @@ class Producer:
         for spec in ROWS:
             await self.run_round(spec, n if spec.hits else min(n, 200), "hot")
         rates: dict[str, list[float]] = {spec.name: [] for spec in ROWS}
+        cpus: dict[str, list[float]] = {spec.name: [] for spec in ROWS}
         totals: dict[str, Counter[str]] = {spec.name: Counter() for spec in ROWS}
         for r in range(rounds):
             order = ROWS[r % len(ROWS) :] + ROWS[: r % len(ROWS)]
             for spec in order:
                 nonce = "hot" if spec.hits else uuid.uuid4().hex
-                rate, (commands, workers, mine) = await self.run_round(spec, n, nonce)
+                rate, (commands, workers, mine, cpu) = await self.run_round(spec, n, nonce)
                 rates[spec.name].append(rate)
+                cpus[spec.name].append(cpu)
                 total = totals[spec.name]
                 for name, calls in commands.items():
                     if name not in HOUSEKEEPING and calls:
@@ -326,7 +352,7 @@ class Producer:
                     total[f"rt:{name}"] += count
                 for name, count in mine.items():
                     total[f"rt:{name}"] += count
-        rows = [self.row(spec, n * rounds, rates, totals) for spec in ROWS]
+        rows = [self.row(spec, n * rounds, rates, cpus, totals) for spec in ROWS]
         for row, spec in zip(rows, ROWS, strict=True):
             if spec.name in LATENCY_ROWS:
                 row.latency_ms = await self.latency(spec, min(n, 200))
@@ -346,7 +372,7 @@ class Producer:
         return round(statistics.median(samples) * 1000, 3)
 
     def row(self, spec: RowSpec, tasks: int, rates: dict[str, list[float]],
-            totals: dict[str, Counter[str]]) -> Row:  # fmt: skip
+            cpus: dict[str, list[float]], totals: dict[str, Counter[str]]) -> Row:  # fmt: skip
         total = totals[spec.name]
         polls = total["rt:producer:results"] + total["rt:producer:storage"]
         commands = {k[4:]: v / tasks for k, v in total.items() if k.startswith("cmd:")}
@@ -356,11 +382,17 @@ class Producer:
         # Each round's rate over its baseline's in the same round (a few seconds apart),
         # then the median: the machine's drift between rounds cancels out.
         paired = [m / b for m, b in zip(rates[spec.name], rates[spec.baseline], strict=True)]
+        # CPU: the baseline's per task over the row's, so that >1 reads as "cheaper" too.
+        cpu_paired = [
+            b / m for m, b in zip(cpus[spec.name], cpus[spec.baseline], strict=True) if m > 0
+        ]
         return Row(
             name=spec.name,
             baseline=spec.baseline,
             tasks_per_s=round(statistics.median(rates[spec.name])),
             ratio=round(statistics.median(paired), 2),
+            worker_cpu_us_per_task=round(statistics.median(cpus[spec.name]), 1),
+            cpu_ratio=round(statistics.median(cpu_paired), 3) if cpu_paired else 0.0,
             commands_per_task=round((sum(commands.values()) * tasks - polls) / tasks, 2),
             evalsha_per_task=round(commands.get("evalsha", 0.0), 2),
             round_trips_per_task=round(sum(trips.values()), 2),
@@ -371,12 +403,12 @@ class Producer:
         )
 
 
-async def produce(url: str, stats_dir: Path, queues: dict[str, str], n: int,
-                  rounds: int) -> list[Row]:  # fmt: skip
+async def produce(url: str, stats_dir: Path, queues: dict[str, str],
+                  groups: dict[str, list[int]], n: int, rounds: int) -> list[Row]:  # fmt: skip
     brokers = {stack: build(url, stack, queues[stack], "producer") for stack in STACKS}
     for broker in brokers.values():
         await broker.startup()
-    producer = Producer(url, stats_dir, brokers)
+    producer = Producer(url, stats_dir, brokers, groups)
     try:
         return await producer.run(n, rounds)
     finally:
@@ -411,7 +443,12 @@ def measure(n: int, rounds: int) -> list[Row]:
                     logs = "".join(p.read_text() for p in stats_dir.glob("*.log"))
                     raise RuntimeError(f"workers did not start:\n{logs}")
                 time.sleep(0.05)
-            return asyncio.run(produce(server.url, stats_dir, queues, n, rounds))
+            groups: dict[str, list[int]] = {stack: [] for stack in STACKS}
+            for stack, worker in zip([st for st in STACKS for _ in range(2)], workers,
+                                     strict=True):  # fmt: skip
+                if worker.proc is not None:
+                    groups[stack].append(worker.proc.pid)  # each worker leads its group
+            return asyncio.run(produce(server.url, stats_dir, queues, groups, n, rounds))
         except BaseException:
             for log in sorted(stats_dir.glob("*.log")):  # what the workers said, for the error
                 print(f"--- {log.name} ---\n{log.read_text()[-4000:]}", file=sys.stderr)
@@ -424,9 +461,11 @@ def measure(n: int, rounds: int) -> list[Row]:
 
 
 def print_table(rows: list[Row], n: int, rounds: int) -> None:
-    header = ("row", "tasks/s", "ratio", "vs", "cmds/task", "EVALSHA", "rt/task", "cache rt")
+    header = ("row", "tasks/s", "ratio", "vs", "cpu us/task", "cpu ratio", "cmds/task",
+              "EVALSHA", "rt/task", "cache rt")  # fmt: skip
     lines = [header] + [
         (r.name, f"{r.tasks_per_s:,.0f}", f"{r.ratio:.2f}x", r.baseline,
+         f"{r.worker_cpu_us_per_task:.0f}", f"{r.cpu_ratio:.3f}x",
          f"{r.commands_per_task:.2f}", f"{r.evalsha_per_task:.2f}",
          f"{r.round_trips_per_task:.2f}", f"{r.cache_round_trips_per_task:.2f}")
         for r in rows
@@ -441,7 +480,7 @@ def print_table(rows: list[Row], n: int, rounds: int) -> None:
         f"\n{n} tasks per round, {rounds} rounds, 2 workers per stack; tasks/s = median, "
         "ratio = median of per-round ratios; cmds/task from INFO commandstats "
         "(script-internal commands included, result polls excluded); rt/task = client-side "
-        "round trips (workers + the producer's send)"
+        "round trips (workers + the producer's send); cpu = the workers' CPU time per task"
     )
 
 

@@ -2,7 +2,7 @@
 
 from taskiq_flow_testing.redis_server import RedisServer, free_port, redis_url_or_skip
 from taskiq_flow_testing.topologies import RedisClusterServers, SentinelServers, free_low_port
-from taskiq_flow_testing.workers import WorkerProcess, group_rss_kib
+from taskiq_flow_testing.workers import WorkerProcess, group_cpu_seconds, group_rss_kib
 
 __all__ = [
     "RedisClusterServers",
@@ -11,6 +11,7 @@ __all__ = [
     "WorkerProcess",
     "free_low_port",
     "free_port",
+    "group_cpu_seconds",
     "group_rss_kib",
     "redis_url_or_skip",
 ]

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -105,9 +105,8 @@ class WorkerProcess:
         self.stop()
 
 
-def group_rss_kib(pgid: int) -> int:
-    """Resident memory (KiB) of every process in the process group ``pgid``."""
-    total = 0
+def _group_members(pgid: int) -> Iterator[Path]:
+    """The ``/proc/PID`` directories of the processes in the process group ``pgid``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -115,11 +114,39 @@ def group_rss_kib(pgid: int) -> int:
             stat = (entry / "stat").read_text()
             # Fields after the command name (which may hold spaces) start at ")".
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:
-                continue
+            if int(fields[2]) == pgid:
+                yield entry
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def group_rss_kib(pgid: int) -> int:
+    """Resident memory (KiB) of every process in the process group ``pgid``."""
+    total = 0
+    for entry in _group_members(pgid):
+        try:
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (seconds) used so far by the live processes of the process group ``pgid``.
+
+    ``utime + stime`` of ``/proc/PID/stat``: every thread of each process, the threads
+    that ended included (a per-thread ``schedstat`` sum would lose those), in clock ticks
+    (10 ms at the usual 100 Hz): diff it over work of a second or more.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in _group_members(pgid):
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
