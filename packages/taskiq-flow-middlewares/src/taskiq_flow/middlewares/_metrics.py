@@ -300,10 +300,10 @@ class Recorder:
             answers: Counter[Callable[[float], None]] = Counter()
             writes: list[float] = []
             for event in batch:
-                if type(event) is float:
-                    writes.append(event)
-                else:
+                if callable(event):
                     answers[event] += 1
+                else:
+                    writes.append(event)
             for inc, hits in answers.items():
                 inc(hits)
             if writes:
