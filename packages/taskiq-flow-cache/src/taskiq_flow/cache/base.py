@@ -8,18 +8,26 @@ algorithm itself, ``get_or_create``, is written once in :mod:`taskiq_flow.cache.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
-from taskiq_flow.cache.codec import CacheEntry, decode_entry
-from taskiq_flow.cache.errors import CacheKeyError, CacheValueError
+from taskiq_flow.cache._checks import (
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    check_cache_key,
+    check_cache_pattern,
+    check_cache_seconds,
+    check_cache_tag,
+    check_cache_tags,
+    check_cache_ttl,
+)
+from taskiq_flow.cache._lookup import CacheLookup, _Lookups
+from taskiq_flow.cache.codec import decode_entry
+from taskiq_flow.cache.errors import CacheValueError
 from taskiq_flow.cache.lock import Creator, DogpileLock, LeaseResult
 from taskiq_flow.cache.shared_stats import SharedStats
 from taskiq_flow.cache.stats import CacheStats
-from taskiq_flow.storage.kit.checks import check_key, check_pattern, check_seconds, check_ttl
 from taskiq_flow.storage.kit.lifecycle import AsyncClosing
 
 __all__ = [
@@ -35,110 +43,10 @@ __all__ = [
     "check_cache_ttl",
 ]
 
-MAX_TAGS = 32
-"""Most tags one call may attach to an entry."""
-
-MAX_TAG_LENGTH = 256
-"""Longest tag, in characters."""
-
 _GRANTED = LeaseResult(None, True, None)
 
 
-class CacheLookup(NamedTuple):
-    """What :meth:`BaseCacheAdapter.lookup` found under a key, without creating anything.
-
-    ``state`` is one of:
-
-    - ``"hit"``: a fresh value (``value``);
-    - ``"stale"``: a value past its soft expiry (``value``), still served; with
-      ``token`` set, this caller holds the lease for its one regeneration;
-    - ``"in_flight"``: no value, but a creation is running (``holder``: the lease token
-      to wait for with :meth:`BaseCacheAdapter.wait_for_release`; ``""`` for a creation
-      in this process on a backend without a cross-process lease);
-    - ``"miss"``: nothing, nobody creating it; with ``token`` set, this caller now holds
-      the lease and must hand it to the creator (``get_or_create(lease_token=token)``)
-      or give it back (:meth:`BaseCacheAdapter.release_lease`).
-    """
-
-    state: Literal["hit", "stale", "in_flight", "miss"]
-    value: Any = None
-    token: str | None = None
-    holder: str | None = None
-
-
-_MISS = CacheLookup("miss")
-
-
-def check_cache_key(key: object) -> str:
-    """Return ``key`` if it is a usable cache key (the storage package's key rules).
-
-    Raises:
-        CacheKeyError: not a ``str``, empty, or not encodable as UTF-8.
-    """
-    return check_key(key, CacheKeyError)
-
-
-def check_cache_pattern(pattern: object) -> str:
-    """Return ``pattern`` if it is a usable glob pattern (a ``str`` encodable as UTF-8).
-
-    Raises:
-        CacheKeyError: anything else.
-    """
-    return check_pattern(pattern, CacheKeyError)
-
-
-def check_cache_tag(tag: object) -> str:
-    """Return ``tag`` if it is a usable tag: a key of at most ``MAX_TAG_LENGTH`` characters.
-
-    Raises:
-        CacheValueError: not a ``str``, empty, too long, or not encodable as UTF-8.
-    """
-    text = check_key(tag, _tag_error)
-    if len(text) > MAX_TAG_LENGTH:
-        raise _tag_error(text[:40] + "...", f"longer than {MAX_TAG_LENGTH} characters")
-    return text
-
-
-def check_cache_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    """Return ``tags`` checked and without repeats, in order (at most :data:`MAX_TAGS`).
-
-    Raises:
-        CacheValueError: a bare ``str`` (not iterated), more than :data:`MAX_TAGS`
-            tags, or one bad tag.
-    """
-    if isinstance(tags, str | bytes):
-        raise CacheValueError(f"tags are an iterable of str, not a single {type(tags).__name__}")
-    unique: dict[str, None] = {}
-    for tag in tags:
-        unique[check_cache_tag(tag)] = None
-        if len(unique) > MAX_TAGS:
-            raise CacheValueError(f"at most {MAX_TAGS} tags per entry")
-    return tuple(unique)
-
-
-def _tag_error(value: object, reason: str) -> Exception:
-    return CacheValueError(f"invalid cache tag {value!r}: {reason.replace('keys', 'tags')}")
-
-
-def check_cache_ttl(ttl: object, name: str = "ttl_seconds") -> int | None:
-    """Return ``ttl`` if it is ``None`` or a positive ``int`` (the storage package's rule).
-
-    Raises:
-        CacheValueError: zero, negative, a float, a bool or any other type.
-    """
-    return check_ttl(ttl, name, CacheValueError.about)
-
-
-def check_cache_seconds(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a positive number of seconds.
-
-    Raises:
-        CacheValueError: anything else.
-    """
-    return check_seconds(value, name, CacheValueError.about)
-
-
-class BaseCacheAdapter(AsyncClosing, ABC):
+class BaseCacheAdapter(_Lookups, AsyncClosing, ABC):
     """A cache with a dogpile-protected ``get_or_create``.
 
     Values are anything msgspec's msgpack encoder accepts, stored encoded (a later mutation
@@ -399,99 +307,6 @@ class BaseCacheAdapter(AsyncClosing, ABC):
             raise CacheValueError(msg)
         fallback = self.fallback_on_error if fallback_on_error is None else fallback_on_error
         return await self._lock.refresh(key, creator, ttl, stale, fallback)
-
-    # -- asking without creating (answer at send) -------------------------------------------
-
-    @property
-    def shares_leases(self) -> bool:
-        """Whether the lock's lease holds across processes (so :meth:`lookup` can claim)."""
-        return self._lease_seconds is not None
-
-    async def lookup(  # noqa: PLR0911 - one return per outcome
-        self, key: str, *, claim: bool = False
-    ) -> CacheLookup:
-        """Say what is under ``key`` (see :class:`CacheLookup`) without running anything.
-
-        One backend round trip for a hit, a miss or a creation in flight; a stale entry
-        with ``claim`` costs a second one (the claim of its regeneration). Counts hits
-        and stale hits; a miss is left for the ``get_or_create`` that follows to count.
-
-        Args:
-            key: the cache key.
-            claim: on a miss (or a stale entry) take the lease if nobody holds it, so
-                that identical lookups elsewhere see the call in flight. Only backends
-                with a cross-process lease can claim; others report ``token=None``.
-
-        Raises:
-            CacheConnectionError: the backend is down.
-            CacheKeyError: a bad key.
-        """
-        if type(key) is not str or not key or not key.isascii():
-            check_cache_key(key)
-        if not claim or self._lease_seconds is None:
-            payload = await self._read_raw(key)
-            if payload is not None:
-                entry = decode_entry(key, payload)
-                if entry is not None:
-                    return self._found(entry, None)
-                self._stats.corrupt_entries += 1
-            if self._lock.in_flight(key):
-                return CacheLookup("in_flight", holder="")
-            return _MISS
-        token = secrets.token_hex(16)
-        lease = await self._acquire_lease(key, token, ignore=None)
-        if lease.payload is None:
-            if lease.acquired:
-                return CacheLookup("miss", token=token)
-            return CacheLookup("in_flight", holder=lease.holder)
-        entry = decode_entry(key, lease.payload)
-        if entry is None:
-            # Corrupt bytes: not a value. Whoever runs the call replaces them.
-            self._stats.corrupt_entries += 1
-            return _MISS
-        if entry.soft_expiry is None or time.time() < entry.soft_expiry:
-            return self._found(entry, None)
-        # Stale: claim its one regeneration (unless another caller holds it, or refreshed it).
-        refresh = await self._acquire_lease(key, token, ignore=lease.payload)
-        if refresh.payload is not None:
-            newer = decode_entry(key, refresh.payload)
-            if newer is not None:
-                return self._found(newer, None)
-        return self._found(entry, token if refresh.acquired else None)
-
-    def _found(self, entry: CacheEntry, token: str | None) -> CacheLookup:
-        self._stats.hits += 1
-        if entry.soft_expiry is None or time.time() < entry.soft_expiry:
-            return CacheLookup("hit", entry.value)
-        self._stats.stale_hits += 1
-        return CacheLookup("stale", entry.value, token)
-
-    async def wait_for_release(self, key: str, holder: str, within: float) -> None:
-        """Block until ``holder`` (a :class:`CacheLookup` holder) lets go of ``key``.
-
-        Woken by push where the backend has one (Redis: the holder's release list);
-        returns after at most ``within`` seconds, and at most one poll interval, either
-        way: the caller then asks :meth:`lookup` again (a lapsed lease shows as a miss).
-
-        Raises:
-            CacheConnectionError: the backend is down.
-        """
-        if self._lease_seconds is None:
-            await self._lock.wait_for_flight(key, within)
-            return
-        if within > 0:
-            await self._wait_for_release(key, holder, min(within, self._poll_interval))
-
-    async def release_lease(self, key: str, token: str) -> None:
-        """Give back a lease taken by :meth:`lookup` (compare-and-delete; wakes waiters).
-
-        A no-op when ``token`` no longer holds it.
-
-        Raises:
-            CacheConnectionError: the backend is down.
-        """
-        if self._lease_seconds is not None:
-            await self._commit(key, token, None, None)
 
     @overload
     def get_stats(self, scope: Literal["process"] = "process") -> dict[str, Any]: ...

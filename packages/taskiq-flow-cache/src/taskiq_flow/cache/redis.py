@@ -47,135 +47,38 @@ Listing and invalidation (``keys``, ``iter_keys``, ``delete_pattern``, ``invalid
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import secrets
-from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
+from taskiq_flow.cache._redis_listing import _RedisListing
+from taskiq_flow.cache._redis_scripts import (
+    _ACQUIRE,
+    _ADD_STATS,
+    _COMMIT,
+    _DELETE,
+    _READ_OR_ACQUIRE,
+    _RENEW,
+    _TAG,
+    _TAKE_TAG,
+)
 from taskiq_flow.cache.backend import LeaseResult
 from taskiq_flow.cache.base import (
     BaseCacheAdapter,
     check_cache_key,
-    check_cache_pattern,
     check_cache_seconds,
-    check_cache_tag,
-    check_cache_tags,
     check_cache_ttl,
 )
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.cache.errors import CacheBackendError, CacheConnectionError, CacheValueError
 from taskiq_flow.cache.shared_stats import SharedStats
-from taskiq_flow.storage.glob import compile_glob, escape_glob
+from taskiq_flow.storage.glob import escape_glob
 from taskiq_flow.storage.kit.checks import check_key
-from taskiq_flow.storage.kit.cluster import check_tag_prefix, hash_tag, untag
+from taskiq_flow.storage.kit.cluster import check_tag_prefix, hash_tag
 from taskiq_flow.storage.kit.redis import RedisBacked, RedisConnection, RedisErrors, aioredis
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCacheAdapter"]
 
 DEFAULT_KEY_PREFIX = "taskiq_flow_cache:"
-
-# KEYS: value, lease. ARGV: token, lease ms, SHA-1 of an entry to ignore ('' = none).
-# -> {1, payload} | {0, holder token} | {2} (acquired)
-_ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
-if v and (ARGV[3] == '' or redis.sha1hex(v) ~= ARGV[3]) then return {1, v} end
-local holder = redis.call('GET', KEYS[2])
-if holder then return {0, holder} end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {2}
-"""
-
-# The first look of a call (a hit, or a miss that takes the lease in the same round trip).
-# KEYS: value, lease. ARGV: token, lease ms.
-# -> the entry (bulk string) | 2 (acquired) | {holder token}
-# Repeatable: run again with the same token after a dropped connection, it finds its own
-# token holding the lease and says so ({token}), which the lock takes for "acquired".
-_READ_OR_ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-local holder = redis.call('GET', KEYS[2])
-if holder then return {holder} end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 2
-"""
-
-# KEYS: lease. ARGV: token, lease ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: value, lease, wake list. ARGV: token, payload, ttl ms ('' = none), wake ttl ms,
-# status ('ok' = store payload, 'err' = creator failed, store nothing).
-# The value is stored only while ARGV[1] still holds the lease: a lease that lapsed (and
-# maybe went to another creator) or was removed by an invalidation stores nothing, so a
-# creation invalidated while in flight never writes its outdated value back.
-_COMMIT = """
-local released = 0
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  if ARGV[5] == 'ok' then
-    if ARGV[3] == '' then
-      redis.call('SET', KEYS[1], ARGV[2])
-    else
-      redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    end
-  end
-  redis.call('DEL', KEYS[2])
-  released = 1
-end
-redis.call('RPUSH', KEYS[3], ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return released
-"""
-
-# -- listing and invalidation (not part of the lock) ----------------------------------------
-
-# KEYS: value, lease. -> whether the value was there. The lease goes too: a creation in
-# flight then stores nothing (see _COMMIT).
-_DELETE = """
-local removed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
-return removed
-"""
-
-# KEYS: tag set. ARGV: key, ttl ms ('' = none). The set lives as long as its longest entry.
-_TAG = """
-local fresh = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('SADD', KEYS[1], ARGV[1])
-if ARGV[2] == '' then
-  redis.call('PERSIST', KEYS[1])
-else
-  local left = redis.call('PTTL', KEYS[1])
-  if fresh or (left >= 0 and left < tonumber(ARGV[2])) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  end
-end
-return 1
-"""
-
-# KEYS: tag set, a private name for it (same slot). ARGV: ms the private set may linger
-# if the invalidation dies half-way. -> 1 if the tag had a set.
-_TAKE_TAG = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('RENAME', KEYS[1], KEYS[2])
-if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
-return 1
-"""
-
-_BATCH = 500
-_TAKEN_TAG_MS = 3_600_000
-
-# Cluster-wide stats (taskiq_flow.cache.shared_stats): one process's pending counts added
-# to the one stats hash in one atomic step. KEYS: the hash. ARGV: field, count, ...
-_ADD_STATS = """
-for i = 1, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-return #ARGV / 2
-"""
 
 
 def _prefix_error(value: object, reason: str) -> Exception:
@@ -184,7 +87,7 @@ def _prefix_error(value: object, reason: str) -> Exception:
     )
 
 
-class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
+class RedisCacheAdapter(_RedisListing, BaseCacheAdapter, RedisBacked):
     """A Redis-backed cache whose ``get_or_create`` holds across processes.
 
     Args:
@@ -465,119 +368,6 @@ class RedisCacheAdapter(BaseCacheAdapter, RedisBacked):
         # BLMOVE runs on the connection's budget for blocked waiters (see RedisConnection).
         with self._on_wait:
             await self._commands.blmove(wake, wake, within, "LEFT", "RIGHT")  # type: ignore[arg-type]
-
-    # -- listing and invalidation ----------------------------------------------------------
-
-    async def iter_keys(self, pattern: str = "*") -> AsyncIterator[str]:
-        """Iterate the keys matching ``pattern`` with ``SCAN`` (may repeat a key).
-
-        One server or Sentinel: ``SCAN MATCH`` with the pattern. Cluster: the whole
-        prefix, matched here (see the module doc).
-        """
-        check_cache_pattern(pattern)
-        async for batch in self._scan_keys(self._value_prefix, pattern, "keys"):
-            for key in batch:
-                yield key
-
-    async def delete_pattern(self, pattern: str) -> int:
-        """Remove every entry (and lease) whose key matches ``pattern``; how many entries."""
-        check_cache_pattern(pattern)
-        removed = 0
-        # Leases first: a creation in flight then stores nothing, whenever it commits; one
-        # that committed before its lease was reached has its entry removed by the second
-        # pass. (Entries first would let a commit land between the two passes.)
-        async for batch in self._scan_keys(self._lock_prefix, pattern, "delete pattern"):
-            removed += await self._remove(batch)
-        async for batch in self._scan_keys(self._value_prefix, pattern, "delete pattern"):
-            removed += await self._remove(batch)
-        return removed
-
-    async def tag(self, key: str, tags: Iterable[str], ttl_seconds: int | None = None) -> None:
-        """Add ``key`` to the set of each of ``tags`` (see :meth:`BaseCacheAdapter.tag`)."""
-        check_cache_key(key)
-        checked = check_cache_tags(tags)
-        ttl = self._tag_ttl(ttl_seconds)
-        ttl_ms = "" if ttl is None else ttl * 1000
-        with self._on_tag:
-            for tag in checked:
-                await self._tag_script(keys=[self._tag_name(tag)], args=[key, ttl_ms])
-
-    async def iter_tagged(self, tag: str) -> AsyncIterator[str]:
-        """Iterate the keys of the entries carrying ``tag`` (``SSCAN``, may repeat a key)."""
-        name = self._tag_name(check_cache_tag(tag))
-        cursor = 0
-        while True:
-            with self._on_tag:
-                cursor, members = await self._commands.sscan(name, cursor, count=_BATCH)
-                keys = _decoded(cast("list[bytes]", members))
-                found = await asyncio.gather(
-                    *(self._commands.exists(self._value_prefix + self._tag(k)) for k in keys)
-                )
-            for key, exists in zip(keys, found, strict=True):
-                if exists:
-                    yield key
-            if not cursor:
-                return
-
-    async def invalidate_tag(self, tag: str) -> int:
-        """Remove every entry (and lease) tagged ``tag``, in batches; how many entries."""
-        tagged = self._tag(check_cache_tag(tag))
-        name = self._tag_prefix + tagged
-        taken = f"{self.key_prefix}tagdel:{tagged}:{secrets.token_hex(8)}"
-        with self._on_tag:
-            if not await self._take_tag_script(keys=[name, taken], args=[_TAKEN_TAG_MS]):
-                return 0
-        removed = 0
-        while True:
-            with self._on_tag:
-                members = await self._commands.spop(taken, _BATCH)
-            if not members:
-                return removed
-            removed += await self._remove(_decoded(cast("list[bytes]", members)))
-
-    def _tag_name(self, tag: str) -> str:
-        return self._tag_prefix + self._tag(tag)
-
-    async def _remove(self, keys: list[str]) -> int:
-        """Remove the leases, then the entries, of ``keys``; how many entries were there.
-
-        Leases first: a creation committing between the two commands finds its lease
-        gone and stores nothing; one that committed before has its entry removed next.
-        """
-        if not keys:
-            return 0
-        tagged = [self._tag(key) for key in keys]
-        with self._on_delete:
-            await self._commands.unlink(*(self._lock_prefix + name for name in tagged))
-            return int(await self._commands.unlink(*(self._value_prefix + n for n in tagged)))
-
-    async def _scan_keys(
-        self, prefix: str, pattern: str, operation: str
-    ) -> AsyncIterator[list[str]]:
-        """Batches of the keys under ``prefix`` matching ``pattern`` (see the module doc)."""
-        if not pattern:
-            return
-        cut = len(prefix.encode("utf-8"))
-        if not self._redis.is_cluster:
-            async for batch in self._redis.scan(escape_glob(prefix) + pattern, _BATCH, operation):
-                yield [raw[cut:].decode("utf-8", "surrogateescape") for raw in batch]
-            return
-        match = compile_glob(pattern)
-        async for batch in self._redis.scan(escape_glob(prefix) + "*", _BATCH, operation):
-            keys = []
-            for raw in batch:
-                try:
-                    key = untag(raw[cut:].decode("utf-8", "surrogateescape"))
-                except ValueError:
-                    continue  # not a name this adapter wrote
-                if match(key):
-                    keys.append(key)
-            if keys:
-                yield keys
-
-
-def _decoded(members: list[bytes]) -> list[str]:
-    return [member.decode("utf-8", "surrogateescape") for member in members]
 
 
 _ACQUIRED = LeaseResult(None, True, None)
