@@ -78,6 +78,8 @@ class Cluster:
         key = self.app.WORKERS_UP.format(queue=self.queue)
         async with asyncio.timeout(60):
             while int(await self.client.get(key) or 0) < self.started:
+                dead = [w for w in self.workers if not w.alive]
+                assert not dead, f"a worker died at startup:\n{self.logs()[-3000:]}"
                 await asyncio.sleep(0.05)
 
     async def count(self, key: str) -> int:

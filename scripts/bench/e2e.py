@@ -311,6 +311,9 @@ class Producer:
             if result.is_err or result.return_value != i:
                 raise RuntimeError(f"{spec.name}: task {i} returned {result!r}")
         rate = n / (time.perf_counter() - started)
+        # The workers' work after the last result (post_save, the metrics' 0.5 s push)
+        # belongs to this round, not to the next row on the same stack.
+        await asyncio.sleep(0.6)
         cpu = (self.worker_cpu(spec.stack) - cpu_before) / n * 1e6
         stats_after = await self.commandstats()
         await asyncio.sleep(0.1)

@@ -18,7 +18,14 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from taskiq import InMemoryBroker
 
@@ -520,4 +527,52 @@ async def test_hot_path_events_reach_prometheus_client_within_the_interval() -> 
     # Past MAX_PENDING events they are pushed at once, timer or not.
     for _ in range(_metrics.MAX_PENDING):
         recorder.cache_request(name, "miss")
+    assert child._value.get() >= 3 + _metrics.MAX_PENDING - 1
+    await asyncio.sleep(_metrics.FLUSH_INTERVAL + 0.2)
     assert child._value.get() == 3 + _metrics.MAX_PENDING
+
+
+def test_a_timer_lost_with_its_loop_is_armed_again_on_the_next() -> None:
+    # A producer calling asyncio.run(...) per request: the loop that armed the timer
+    # closes before it fires; the next loop's events must still be pushed on time.
+    recorder = _metrics.recorder()
+    assert recorder is not None
+    name = unique("loops")
+    child = recorder.cache_requests.labels(name, "hit")
+
+    async def one(hits: int, wait: float) -> None:
+        for _ in range(hits):
+            recorder.cache_request(name, "hit")
+        await asyncio.sleep(wait)
+
+    asyncio.run(one(1, 0))  # closes with its timer pending
+    asyncio.run(one(10, _metrics.FLUSH_INTERVAL + 0.3))
+    assert child._value.get() == 11
+
+
+def test_a_filtered_scrape_sees_the_pending_events() -> None:
+    # ?name[]=... scrapes collect through restricted_registry: only the named metrics.
+    recorder = _metrics.recorder()
+    assert recorder is not None
+    name = unique("filtered")
+    for _ in range(3):
+        recorder.cache_request(name, "hit")
+    registry = REGISTRY.restricted_registry(["taskiq_flow_cache_requests_total"])
+    served = generate_latest(registry).decode()  # what ?name[]=... serves
+    assert f'taskiq_flow_cache_requests_total{{result="hit",task_name="{name}"}} 3.0' in served
+
+
+def test_a_failed_push_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = _metrics.recorder()
+    assert recorder is not None
+
+    def broken(_amount: float) -> None:
+        raise OSError("the multiprocess directory is gone")
+
+    recorder._events.append(broken)
+    recorder.flush()  # no exception
+    assert "pushing metrics to prometheus-client failed" in caplog.text
+    assert "the multiprocess directory is gone" in caplog.text
+    recorder.cache_request(unique("after"), "hit")
+    recorder.flush()
+    assert "recovered" in caplog.text

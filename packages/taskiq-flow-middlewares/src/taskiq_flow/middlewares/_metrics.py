@@ -12,7 +12,9 @@ Labels are bounded: task names and a fixed set of outcomes, never keys or argume
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
+import logging
 import threading
 import weakref
 from bisect import bisect_left
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.cache.stats import LOCK_WAIT
 from taskiq_flow.middlewares.errors import MiddlewareConfigError
+from taskiq_flow.storage.kit.ratelog import OutageLog
 
 if TYPE_CHECKING:
     from taskiq_flow.cache.shared_stats import SharedStats
@@ -132,25 +135,26 @@ FLUSH_INTERVAL = 0.5
 #: Events past which they are pushed at once, whatever the timer (bounds the memory).
 MAX_PENDING = 4096
 
-# Every Recorder of this process, flushed before each collection of the default registry.
-_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
-_flush_first_registered = False
+logger = logging.getLogger("taskiq_flow.middlewares")
+
+# asyncio's own C accessor: the running loop or None, without raising (the hot path).
+_running_loop = asyncio._get_running_loop
 
 
-class _FlushFirst:
-    """A collector of nothing, registered ahead of our metrics: pushes pending events.
+def _flushing_collect(metric: Any, flush: Callable[[], None]) -> None:
+    """Make every collection of ``metric`` push the pending events first.
 
-    prometheus-client collects a registry's collectors in registration order, so an
-    in-process scrape (or ``get_sample_value``) sees every event recorded before it.
+    Set on the metric object itself, so any registry's collection, a filtered one
+    (``restricted_registry``, ``?name[]=`` scrapes) included, sees every event recorded
+    before it. (A multiprocess scrape reads the files instead: see :meth:`Recorder.flush`.)
     """
+    collect = metric.collect
 
-    def describe(self) -> list[Any]:
-        return []
+    def flushed_collect() -> Any:
+        flush()
+        return collect()
 
-    def collect(self) -> list[Any]:
-        for live in list(_live):
-            live.flush()
-        return []
+    metric.collect = flushed_collect
 
 
 def _span_context(trace: Any) -> tuple[Callable[[], Any], str]:
@@ -191,13 +195,11 @@ class Recorder:
         # per cache answer, a float (the store call's seconds) per record written.
         self._events: list[Any] = []
         self._flush_lock = threading.Lock()
+        # The loop whose timer will flush what is pending (None: no timer armed).
+        self._armed: asyncio.AbstractEventLoop | None = None
+        self._flush_failures = OutageLog(logger, "pushing metrics to prometheus-client")
         if prom is None:
             return
-        global _flush_first_registered  # noqa: PLW0603 - one per process, ahead of the metrics
-        if not _flush_first_registered:
-            prom.REGISTRY.register(_FlushFirst())
-            _flush_first_registered = True
-        _live.add(self)
         task = ("task_name",)
         self.cache_requests = _metric(
             prom,
@@ -266,29 +268,44 @@ class Recorder:
             "Duration of the store calls writing records (failed ones included).",
         )
         self._observe_writes = _batch_observer(self.storage_write_seconds)
+        for batched in (self.cache_requests, self.storage_writes, self.storage_write_seconds):
+            _flushing_collect(batched, self.flush)
+        atexit.register(self.flush)  # the last events of a process whose loop is gone
 
     # -- batching --------------------------------------------------------------------------
 
     # A hot-path event is kept in self._events for the next flush(), by the hook itself:
-    #     events.append(event); n = len(events); if n == 1 or n >= MAX_PENDING: _pending(n)
+    #     events.append(event); loop = _running_loop()
+    #     if loop is None or loop is not self._armed or len(events) >= MAX_PENDING: _pending
     # Why: a prometheus-client update is a Python call taking a lock; a task's answer and
     # record made four of them, a few per cent of an in-memory task's cost. Here an event
-    # is one list.append (atomic under the GIL, from any thread) and one len().
+    # is one list.append (atomic under the GIL, from any thread) and two C calls. Comparing
+    # loops (not "the first pending event") re-arms a timer lost with a closed loop.
 
-    def _pending(self, count: int) -> None:
-        """The first event since the last flush arms the timer; too many flush at once."""
-        if count >= MAX_PENDING:
+    def _pending(self, loop: asyncio.AbstractEventLoop | None, count: int) -> None:
+        """Arm a flush on ``loop`` in FLUSH_INTERVAL (at once: no loop, or too many wait)."""
+        if loop is None or count >= MAX_PENDING:
             self.flush()
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        loop.call_later(FLUSH_INTERVAL, self.flush)
+        self._armed = loop
+        loop.call_later(FLUSH_INTERVAL, self._timer_flush, loop)
+
+    def _timer_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._armed is loop:
+            self._armed = None  # the next event arms another timer
+        self.flush()
 
     def flush(self) -> None:
-        """Push the pending events to prometheus-client (any thread; idempotent)."""
+        """Push the pending events to prometheus-client (any thread; idempotent).
+
+        Called by a timer on the loop that recorded them (at most FLUSH_INTERVAL after the
+        first), at once past MAX_PENDING events or with no running loop, before every
+        collection of our batched metrics, and at the middlewares' shutdown; so a
+        multiprocess scrape (another process reading the files) sees a worker's counts
+        about FLUSH_INTERVAL late (later if its loop is blocked; a SIGKILLed worker loses
+        its last FLUSH_INTERVAL). Never raises: a failed push is logged (rate-limited) and
+        its events are dropped, as prometheus-client's own failed update would be.
+        """
         with self._flush_lock:
             events = self._events
             count = len(events)
@@ -304,11 +321,17 @@ class Recorder:
                     answers[event] += 1
                 else:
                     writes.append(event)
-            for inc, hits in answers.items():
-                inc(hits)
-            if writes:
-                self._observe_writes(writes)
-                self._count_written(len(writes))
+            try:
+                for inc, hits in answers.items():
+                    inc(hits)
+                if writes:
+                    self._observe_writes(writes)
+                    self._count_written(len(writes))
+            except Exception as exc:  # e.g. the multiprocess directory is gone
+                self._flush_failures.failure("%s: %s", type(exc).__name__, exc)
+            else:
+                if self._flush_failures.failing:
+                    self._flush_failures.success()
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -323,9 +346,9 @@ class Recorder:
                 self._children[task_name, result] = inc
             events = self._events
             events.append(inc)
-            count = len(events)
-            if count == 1 or count >= MAX_PENDING:
-                self._pending(count)
+            loop = _running_loop()
+            if loop is None or loop is not self._armed or len(events) >= MAX_PENDING:
+                self._pending(loop, len(events))
         if self._trace is not None and result in {"hit", "miss", "at_send"}:
             span = self._span_context().get(self._span_key)
             if span is not None and span.is_recording():
@@ -396,9 +419,9 @@ class Recorder:
         if self.prometheus:
             events = self._events
             events.append(seconds)
-            count = len(events)
-            if count == 1 or count >= MAX_PENDING:
-                self._pending(count)
+            loop = _running_loop()
+            if loop is None or loop is not self._armed or len(events) >= MAX_PENDING:
+                self._pending(loop, len(events))
         if self._trace is not None:
             span = self._span_context().get(self._span_key)
             if span is not None and span.is_recording():
