@@ -100,6 +100,23 @@ async def test_a_failed_batch_fails_every_caller_with_its_own_error() -> None:
     assert len({id(r) for r in failed}) == 3
 
 
+async def test_a_batch_answered_short_fails_its_callers_instead_of_hanging() -> None:
+    # A send_batch that returns fewer replies than commands (a broken transport) must
+    # not leave a caller awaiting forever.
+    wire = _Wire()
+
+    async def short(commands: Sequence[Command]) -> list[Any]:
+        return (await wire.batch(commands))[:-1]
+
+    coalescer = Coalescer(wire.one, short)
+    async with asyncio.timeout(5):
+        replies = await asyncio.gather(
+            *(coalescer.call(("GET", i), {}) for i in range(4)), return_exceptions=True
+        )
+    assert replies[0] == 0
+    assert all(isinstance(r, RuntimeError) and "3 commands got 2" in str(r) for r in replies[1:])
+
+
 async def test_max_batch_starts_a_new_batch() -> None:
     wire = _Wire()
     coalescer = Coalescer(wire.one, wire.batch, max_batch=4)

@@ -151,6 +151,15 @@ class Coalescer:
             return
         finally:
             self._in_flight -= 1
+        if len(replies) != len(batch.futures):
+            # Never leave a caller waiting forever, whatever send_batch got wrong.
+            problem = RuntimeError(
+                f"a batch of {len(batch.futures)} commands got {len(replies)} replies"
+            )
+            for future in batch.futures:
+                if future is not None and not future.done():
+                    future.set_exception(_own(problem))
+            return
         for future, reply in zip(batch.futures, replies, strict=True):
             if future is None or future.done():
                 continue  # its caller was cancelled; the command ran all the same
