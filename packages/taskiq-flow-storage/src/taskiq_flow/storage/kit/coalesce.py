@@ -145,20 +145,14 @@ class Coalescer:
                     future.cancel()
             raise
         except Exception as exc:
-            for future in batch.futures:
-                if future is not None and not future.done():
-                    future.set_exception(_own(exc))
+            _fail(batch, exc)
             return
         finally:
             self._in_flight -= 1
         if len(replies) != len(batch.futures):
             # Never leave a caller waiting forever, whatever send_batch got wrong.
-            problem = RuntimeError(
-                f"a batch of {len(batch.futures)} commands got {len(replies)} replies"
-            )
-            for future in batch.futures:
-                if future is not None and not future.done():
-                    future.set_exception(_own(problem))
+            count = len(batch.futures)
+            _fail(batch, RuntimeError(f"a batch of {count} commands got {len(replies)} replies"))
             return
         for future, reply in zip(batch.futures, replies, strict=True):
             if future is None or future.done():
@@ -167,3 +161,10 @@ class Coalescer:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+def _fail(batch: _Batch, exc: BaseException) -> None:
+    """Fail every caller of ``batch`` still waiting, each with its own copy of ``exc``."""
+    for future in batch.futures:
+        if future is not None and not future.done():
+            future.set_exception(_own(exc))
