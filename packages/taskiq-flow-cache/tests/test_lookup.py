@@ -58,6 +58,23 @@ async def test_release_lease_frees_the_key(cache: BaseCacheAdapter, backend: str
     assert (await cache.lookup("r", claim=True)).holder == again.token
 
 
+async def test_release_lease_soon_frees_the_key_by_close(
+    make_cache: CacheFactory, backend: str
+) -> None:
+    # A producer releasing at send must not wait on the cache; close() lets the release
+    # finish instead of cutting it off.
+    one = make_cache()
+    found = await one.lookup("soon", claim=True)
+    if found.token is None:
+        pytest.skip("no lease on this backend")
+    one.release_lease_soon("soon", found.token)  # returns at once
+    await one.close()
+    other = make_cache()
+    again = await other.lookup("soon", claim=True)
+    assert again.state == "miss"
+    assert again.token is not None  # taken by other: the first lease was given back
+
+
 async def test_stale_lookup_claims_one_refresh(make_cache: CacheFactory, backend: str) -> None:
     cache = make_cache(stale_ttl=60)
     await cache.get_or_create("s", lambda: "old", 1)

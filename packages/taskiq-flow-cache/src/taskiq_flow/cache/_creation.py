@@ -258,6 +258,14 @@ class _Creation:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
+    async def releases_done(self, within: float) -> None:
+        """Wait up to ``within`` seconds for the releases :meth:`_release_later` started.
+
+        Called before the adapter closes its client, so that they are not cut off.
+        """
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=within)
+
     # -- stale-while-revalidate -------------------------------------------------------------
 
     async def _serve_stale(self, req: _Request, stale: Any, payload: bytes, landed: int) -> Any:

@@ -170,3 +170,13 @@ class _Lookups:
         """
         if self._lease_seconds is not None:
             await self._commit(key, token, None, None)
+
+    def release_lease_soon(self, key: str, token: str) -> None:
+        """Give back a lease taken by :meth:`lookup`, in the background (never raises).
+
+        For a caller that must not wait on the cache (a producer's send): a failure is
+        logged and the lease lapses. ``close()`` waits a moment for such releases. Needs
+        a running event loop.
+        """
+        if self._lease_seconds is not None:
+            self._lock._release_later(key, token)

@@ -279,8 +279,10 @@ class RedisCacheAdapter(_RedisListing, BaseCacheAdapter, RedisBacked):
     async def close(self) -> None:
         """Close the client if this adapter created it. Idempotent; errors mapped.
 
-        Counts for the cluster-wide stats still pending are written first (best effort).
+        Lease releases still on their way and the counts for the cluster-wide stats still
+        pending are written first (best effort, bounded).
         """
+        await self._lock.releases_done(2.0)
         if self.shared_stats is not None:
             await self.shared_stats.close()
         await self._redis.close()

@@ -118,7 +118,6 @@ class SendGate:
         self._watches: dict[str, _Watch] = {}
         self._down_until = 0.0
         self._refreshed: dict[str, float] = {}
-        self._releases: set[asyncio.Task[None]] = set()
         self._answers = Answers(middleware)
 
     # -- installation ----------------------------------------------------------------------
@@ -198,7 +197,7 @@ class SendGate:
             except ValueError:
                 logger.warning("Corrupt cache entry under %s; sending the task.", call.key)
                 if found.token is not None:
-                    self._release_later(call.key, found.token)
+                    mw.cache.release_lease_soon(call.key, found.token)
                 return
             action = _ANSWER if found.state == "hit" else _STALE
             _HELD.set(_Held(message.task_id, action, call, cached, token=found.token))
@@ -371,12 +370,6 @@ class SendGate:
             await self._mw.cache.release_lease(key, token)
         except Exception as exc:
             logger.warning("Could not release the cache lease on %s (it will lapse): %s", key, exc)
-
-    def _release_later(self, key: str, token: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.release_quietly(key, token))
-        # Keep a reference until it is done: the loop holds tasks only weakly.
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
 
     async def close(self) -> None:
         """Finish the backend writes; stop watching; send every call still held."""
