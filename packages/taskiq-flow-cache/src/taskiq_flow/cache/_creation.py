@@ -240,8 +240,9 @@ class _Creation:
                 continue
             if not still_held:
                 logger.warning(
-                    "lost the cache lease on %r while creating it (another caller may run "
-                    "the creator too)",
+                    "lost the cache lease on %r while creating it: it lapsed or the key was "
+                    "invalidated; this value will not be stored, and another caller may run "
+                    "the creator too",
                     key,
                 )
                 return
