@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import itertools
@@ -23,6 +24,7 @@ from taskiq_flow.cache import (
     CacheValueError,
     Expiring,
     InMemoryCacheAdapter,
+    _creation,
 )
 from taskiq_flow.cache.codec import encode_entry
 from taskiq_flow.storage.kit.cluster import hash_tag
@@ -315,6 +317,46 @@ async def test_waiter_gives_up_after_max_wait(make_cache: CacheFactory) -> None:
     assert "k" in str(info.value)
     assert await leader == "late"  # the waiter giving up never cancels the creation
     assert cache.get_stats()["lock_timeouts"] == 1
+
+
+@pytest.mark.parametrize("outcome", ["value", "error"])
+async def test_a_flight_landing_as_the_wait_runs_out_is_the_waiters_outcome(
+    make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    # Under load, asyncio.wait_for's timeout and the creator's end can fall in one loop
+    # iteration: wait_for then cancels the shield and reports a timeout although the
+    # flight holds its outcome. The joiner must take that outcome, not fail the call with
+    # a bare TimeoutError (seen in CI: two of three identical tasks failed so).
+    cache = make_cache(max_wait=5)
+    release = asyncio.Event()
+
+    async def creator() -> str:
+        await release.wait()
+        if outcome == "error":
+            raise ValueError("the creator's own error")
+        return "created"
+
+    leader = asyncio.create_task(cache.get_or_create("race", creator, 60))
+    await asyncio.sleep(0.05)  # the leader's flight is registered and running
+    real_wait_for = asyncio.wait_for
+
+    async def landing_as_it_times_out(awaitable: Any, timeout: float | None) -> Any:
+        release.set()
+        with contextlib.suppress(ValueError):
+            await real_wait_for(asyncio.shield(leader), timeout=5)  # the flight lands
+        awaitable.cancel()  # what wait_for does to the shield when its timer fires first
+        raise TimeoutError
+
+    monkeypatch.setattr(_creation, "_wait_for", landing_as_it_times_out)
+    if outcome == "value":
+        assert await cache.get_or_create("race", creator, 60) == "created"
+        assert await leader == "created"
+    else:
+        with pytest.raises(ValueError, match="own error"):
+            await cache.get_or_create("race", creator, 60)
+        with pytest.raises(ValueError, match="own error"):
+            await leader
+    assert cache.get_stats()["lock_timeouts"] == 0
 
 
 # -- stale-while-revalidate ----------------------------------------------------------------------

@@ -40,6 +40,8 @@ from taskiq_flow.cache.stats import LOCK_WAIT, CacheStats
 from taskiq_flow.storage.kit.checks import check_ttl
 from taskiq_flow.storage.kit.ratelog import OutageLog
 
+# The one wait of a joiner; a module name so that a test can make it race (see the tests).
+_wait_for = asyncio.wait_for
 logger = logging.getLogger("taskiq_flow.cache")
 
 _GRANTED = LeaseResult(None, True, None)
@@ -83,20 +85,33 @@ class _Creation:
         stats = self._stats
         loop = asyncio.get_running_loop()
         started = loop.time()
+        ended = False
         try:
             # shield: a waiter that times out or is cancelled must not cancel the creation.
-            result = await asyncio.wait_for(asyncio.shield(flight), deadline - started)
+            result = await _wait_for(asyncio.shield(flight), deadline - started)
         except TimeoutError:
-            stats.lock_waits += 1
-            self._waited(loop.time() - started)
-            if flight.done():
-                raise
-            stats.lock_timeouts += 1
-            raise CacheLockTimeout(key, loop.time() - started) from None
+            if not flight.done() or flight.cancelled():
+                stats.lock_waits += 1
+                self._waited(loop.time() - started)
+                if flight.done():
+                    raise
+                stats.lock_timeouts += 1
+                raise CacheLockTimeout(key, loop.time() - started) from None
+            # The flight ended: with the creator's own TimeoutError, or just as the wait
+            # ran out (wait_for then cancels the shield and reports a timeout although the
+            # value is there). Its outcome is ours, as if woken a moment earlier.
+            ended = True
         except BaseException:
             stats.lock_waits += 1
             self._waited(loop.time() - started)
             raise
+        if ended:
+            failure = flight.exception()
+            if failure is not None:
+                stats.lock_waits += 1
+                self._waited(loop.time() - started)
+                raise failure  # outside the handler: the creator's error, as every joiner's
+            result = flight.result()
         if type(result) is _Read:
             # The leader's first look found the entry: a hit for us too, no creator waited on.
             stats.hits += 1
