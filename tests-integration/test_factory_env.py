@@ -30,12 +30,13 @@ APP = textwrap.dedent(
     import os
 
     import redis.asyncio as aioredis
-    from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+    from taskiq_redis import RedisAsyncResultBackend
 
     from taskiq_flow.factory import StorageAdapterFactory
+    from taskiq_flow_testing import list_queue_broker
 
     BROKER_URL = os.environ["IT_BROKER_URL"]
-    broker = ListQueueBroker(BROKER_URL, queue_name=os.environ["IT_QUEUE"]).with_result_backend(
+    broker = list_queue_broker(BROKER_URL, os.environ["IT_QUEUE"]).with_result_backend(
         RedisAsyncResultBackend(BROKER_URL, result_ex_time=600),
     )
     middlewares = StorageAdapterFactory.create_default_middlewares()

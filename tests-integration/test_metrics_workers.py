@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_flow_testing import WorkerProcess, free_port
+from taskiq_flow_testing import WorkerProcess, free_port, list_queue_broker
 
 APP_DIR = Path(__file__).parent / "apps"
 TASK_NAME = "it_metrics.square"  # as in apps/metrics_worker_app.py
@@ -98,7 +98,7 @@ async def test_two_workers_scrape_and_cluster_stats(redis_url: str, tmp_path: Pa
     ]
     # The producer: the same queue and result backend, none of the middlewares (so no
     # call is answered at send: each is a hit or a miss in a worker).
-    producer = ListQueueBroker(redis_url, queue_name=queue).with_result_backend(
+    producer = list_queue_broker(redis_url, queue).with_result_backend(
         RedisAsyncResultBackend(redis_url, result_ex_time=600)
     )
 

@@ -4,7 +4,8 @@
 
 A private ``redis-server`` holds everything (queue, results, cache, records). Per stack,
 two real ``taskiq worker`` processes (this module is also their app: ``e2e:create_broker``)
-pop a taskiq-redis ``ListQueueBroker`` queue of their own; the producer (this process)
+pop a taskiq-redis ``ListQueueBroker`` queue of their own (``socket_timeout=None``: see
+``taskiq_flow_testing.brokers``); the producer (this process)
 kicks N tasks, 100 at a time in flight, then awaits every result in kick order.
 
 Rows (each round runs every row once, the order rotating per round; tasks/s is the median
@@ -80,11 +81,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 from taskiq.exceptions import TaskiqResultTimeoutError
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_flow.cache.redis import RedisCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware, StorageResultBackend
 from taskiq_flow.storage.redis import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 TTL = 3600
 IN_FLIGHT = 100  # kiq() calls awaited together
@@ -131,7 +133,7 @@ def build(url: str, stack: str, queue: str, side: str) -> AsyncBroker:
     """The broker of ``stack`` (``bare``, ``both``, ``both_srb``, ``both_send``,
     ``both_off``: metrics off) on ``queue``."""
     coalesce = os.environ.get("E2E_COALESCE", "1") == "1"
-    broker = ListQueueBroker(url, queue_name=queue)
+    broker = list_queue_broker(url, queue)
     tag(broker.connection_pool, f"{side}:broker")
     if stack == "both_srb":
         storage = RedisStorageAdapter(url, key_prefix=f"e2e:{stack}:")
@@ -277,7 +279,7 @@ class Producer:
 
     def worker_cpu(self, stack: str) -> float:
         """CPU seconds the workers of ``stack`` have used so far (every process, thread)."""
-        from taskiq_flow_testing import group_cpu_seconds  # noqa: PLC0415 - dev tool
+        from taskiq_flow_testing import group_cpu_seconds  # noqa: PLC0415 - dev tool, list_queue_broker
 
         return sum(group_cpu_seconds(pgid) for pgid in self.groups[stack])
 

@@ -15,17 +15,18 @@ import os
 from pathlib import Path
 
 from taskiq.middlewares import PrometheusMiddleware
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_flow.cache import RedisCacheAdapter
 from taskiq_flow.middlewares import CacheMiddleware, StorageMiddleware
 from taskiq_flow.storage import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 REDIS_URL = os.environ["TASKIQ_FLOW_IT_REDIS_URL"]
 QUEUE = os.environ.get("TASKIQ_FLOW_IT_QUEUE", "taskiq_flow_it_metrics")
 TASK_NAME = "it_metrics.square"
 
-broker = ListQueueBroker(REDIS_URL, queue_name=QUEUE).with_result_backend(
+broker = list_queue_broker(REDIS_URL, QUEUE).with_result_backend(
     RedisAsyncResultBackend(REDIS_URL, result_ex_time=600),
 )
 broker.add_middlewares(

@@ -35,11 +35,11 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.depends.progress_tracker import ProgressTracker, TaskState
-from taskiq_redis import ListQueueBroker
 
 from taskiq_flow.middlewares import StorageMiddleware, StorageResultBackend
 from taskiq_flow.storage import BaseStorageAdapter, SQLiteStorageAdapter
 from taskiq_flow.storage.redis import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 WORKERS_KEY = "rb:workers:{queue}"
 RELEASE_KEY = "rb:release:{task_id}"
@@ -75,7 +75,7 @@ def build(settings: Mapping[str, str]) -> AsyncBroker:
     """The broker: taskiq-redis queue, StorageResultBackend + StorageMiddleware, the tasks."""
     broker_url = settings["RB_BROKER_URL"]
     storage = make_storage(settings["RB_STORAGE"])
-    broker = ListQueueBroker(broker_url, queue_name=settings["RB_QUEUE"]).with_result_backend(
+    broker = list_queue_broker(broker_url, settings["RB_QUEUE"]).with_result_backend(
         StorageResultBackend(storage, ttl_seconds=3600)
     )
     # Quick retries: the outage run waits for the buffered results to land.

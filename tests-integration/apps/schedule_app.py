@@ -13,15 +13,15 @@ import time
 
 import redis.asyncio as aioredis
 from taskiq import TaskiqScheduler
-from taskiq_redis import ListQueueBroker
 
 from taskiq_flow.middlewares import StorageScheduleSource
 from taskiq_flow.storage import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 REDIS_URL = os.environ["TASKIQ_FLOW_IT_REDIS_URL"]
 QUEUE = os.environ.get("TASKIQ_FLOW_IT_QUEUE", "taskiq_flow_it_schedule")
 
-broker = ListQueueBroker(REDIS_URL, queue_name=QUEUE)
+broker = list_queue_broker(REDIS_URL, QUEUE)
 storage = RedisStorageAdapter(redis_url=REDIS_URL)
 source = StorageScheduleSource(storage)
 scheduler = TaskiqScheduler(broker, sources=[source])

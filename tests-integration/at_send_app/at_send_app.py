@@ -13,7 +13,7 @@ import asyncio
 import os
 
 import redis.asyncio as aioredis
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_flow.cache import RedisCacheAdapter
 from taskiq_flow.middlewares import (
@@ -24,12 +24,13 @@ from taskiq_flow.middlewares import (
     pipeline_task,
 )
 from taskiq_flow.storage import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 REDIS_URL = os.environ["ASA_REDIS_URL"]
 QUEUE = os.environ.get("ASA_QUEUE", "asa")
 LEASE = float(os.environ.get("ASA_LEASE", "5"))
 
-broker = ListQueueBroker(REDIS_URL, queue_name=QUEUE).with_result_backend(
+broker = list_queue_broker(REDIS_URL, QUEUE).with_result_backend(
     RedisAsyncResultBackend(REDIS_URL, result_ex_time=600),
 )
 storage = RedisStorageAdapter(redis_url=REDIS_URL)

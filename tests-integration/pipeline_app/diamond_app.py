@@ -33,7 +33,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqResult
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
+from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_flow.middlewares import (
     DataflowPipeline,
@@ -42,6 +42,7 @@ from taskiq_flow.middlewares import (
     pipeline_task,
 )
 from taskiq_flow.storage import RedisStorageAdapter
+from taskiq_flow_testing import list_queue_broker
 
 MERGE_COUNT = "it:pipeline:merge:{pipeline_id}"
 STATS = "it:pipeline:stats:{pid}"
@@ -125,7 +126,7 @@ def build(
     sweep: float | Literal["auto"] | None = "auto",
 ) -> App:
     """The broker (worker or producer side), its middlewares and the pipelines."""
-    broker = ListQueueBroker(redis_url, queue_name=queue).with_result_backend(
+    broker = list_queue_broker(redis_url, queue).with_result_backend(
         RedisAsyncResultBackend(redis_url, result_ex_time=600),
     )
     # A blocking pool: up to 100 concurrent tasks per worker wait for a connection
