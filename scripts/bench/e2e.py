@@ -279,7 +279,7 @@ class Producer:
 
     def worker_cpu(self, stack: str) -> float:
         """CPU seconds the workers of ``stack`` have used so far (every process, thread)."""
-        from taskiq_flow_testing import group_cpu_seconds  # noqa: PLC0415 - dev tool, list_queue_broker
+        from taskiq_flow_testing import group_cpu_seconds  # noqa: PLC0415 - dev tool
 
         return sum(group_cpu_seconds(pgid) for pgid in self.groups[stack])
 

@@ -90,11 +90,9 @@ class _Creation:
             # shield: a waiter that times out or is cancelled must not cancel the creation.
             result = await _wait_for(asyncio.shield(flight), deadline - started)
         except TimeoutError:
-            if not flight.done() or flight.cancelled():
+            if not flight.done():
                 stats.lock_waits += 1
                 self._waited(loop.time() - started)
-                if flight.done():
-                    raise
                 stats.lock_timeouts += 1
                 raise CacheLockTimeout(key, loop.time() - started) from None
             # The flight ended: with the creator's own TimeoutError, or just as the wait
@@ -106,12 +104,14 @@ class _Creation:
             self._waited(loop.time() - started)
             raise
         if ended:
-            failure = flight.exception()
-            if failure is not None:
+            try:
+                # Outside the handler above; result() raises the creator's error with the
+                # flight's own traceback, as the shield gives every other joiner.
+                result = flight.result()
+            except BaseException:
                 stats.lock_waits += 1
                 self._waited(loop.time() - started)
-                raise failure  # outside the handler: the creator's error, as every joiner's
-            result = flight.result()
+                raise
         if type(result) is _Read:
             # The leader's first look found the entry: a hit for us too, no creator waited on.
             stats.hits += 1
