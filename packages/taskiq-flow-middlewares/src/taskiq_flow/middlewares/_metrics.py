@@ -15,10 +15,9 @@ import asyncio
 import atexit
 import importlib
 import logging
-import threading
 import weakref
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -193,8 +192,9 @@ class Recorder:
         self._buffered: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         # The hot path's events, pushed by flush(): the incrementer of the answer's child
         # per cache answer, a float (the store call's seconds) per record written.
-        self._events: list[Any] = []
-        self._flush_lock = threading.Lock()
+        # A deque: append and popleft are atomic, so any thread may record and any may
+        # flush, each event taken exactly once, with no lock for the event loop to block on.
+        self._events: deque[Any] = deque()
         # The loop whose timer will flush what is pending (None: no timer armed).
         self._armed: asyncio.AbstractEventLoop | None = None
         self._flush_failures = OutageLog(logger, "pushing metrics to prometheus-client")
@@ -279,7 +279,7 @@ class Recorder:
     #     if loop is None or loop is not self._armed or len(events) >= MAX_PENDING: _pending
     # Why: a prometheus-client update is a Python call taking a lock; a task's answer and
     # record made four of them, a few per cent of an in-memory task's cost. Here an event
-    # is one list.append (atomic under the GIL, from any thread) and two C calls. Comparing
+    # is one deque.append (atomic, from any thread) and two C calls. Comparing
     # loops (not "the first pending event") re-arms a timer lost with a closed loop.
 
     def _pending(self, loop: asyncio.AbstractEventLoop | None, count: int) -> None:
@@ -306,32 +306,33 @@ class Recorder:
         its last FLUSH_INTERVAL). Never raises: a failed push is logged (rate-limited) and
         its events are dropped, as prometheus-client's own failed update would be.
         """
-        with self._flush_lock:
-            events = self._events
-            count = len(events)
-            if not count:
-                return
-            batch = events[:count]
-            # Appends made meanwhile (other threads) sit past count and stay pending.
-            del events[:count]
-            answers: Counter[Callable[[float], None]] = Counter()
-            writes: list[float] = []
-            for event in batch:
-                if callable(event):
-                    answers[event] += 1
-                else:
-                    writes.append(event)
+        events = self._events
+        if not events:
+            return
+        answers: Counter[Callable[[float], None]] = Counter()
+        writes: list[float] = []
+        pop = events.popleft
+        # Only what is pending now: appends made meanwhile wait for the next flush.
+        for _ in range(len(events)):
             try:
-                for inc, hits in answers.items():
-                    inc(hits)
-                if writes:
-                    self._observe_writes(writes)
-                    self._count_written(len(writes))
-            except Exception as exc:  # e.g. the multiprocess directory is gone
-                self._flush_failures.failure("%s: %s", type(exc).__name__, exc)
+                event = pop()
+            except IndexError:  # another thread's flush took the rest
+                break
+            if callable(event):
+                answers[event] += 1
             else:
-                if self._flush_failures.failing:
-                    self._flush_failures.success()
+                writes.append(event)
+        try:
+            for inc, hits in answers.items():
+                inc(hits)
+            if writes:
+                self._observe_writes(writes)
+                self._count_written(len(writes))
+        except Exception as exc:  # e.g. the multiprocess directory is gone
+            self._flush_failures.failure("%s: %s", type(exc).__name__, exc)
+        else:
+            if self._flush_failures.failing:
+                self._flush_failures.success()
 
     # -- cache -----------------------------------------------------------------------------
 
