@@ -21,6 +21,9 @@ the same round):
 * ``both, hits answered at send``: the same with ``CacheMiddleware``'s default
   ``answer_at_send=True``: cached calls are answered at ``kiq()`` and never sent (issue 13);
   with it, the median latency of one ``kiq()`` + ``wait_result()`` alone, beside ``bare``'s;
+* ``both, misses claimed at send``: the same defaults, new args: the producer's look
+  claims each call's lease (one round trip at ``kiq()``), the worker adopts it in its
+  first look and commits (the user's default stack, all misses);
 * ``cpu 1ms bare`` / ``cpu 1ms both, misses``: a task burning 1 ms of CPU; its ratio is
   against ``cpu 1ms bare``;
 * ``both, misses, metrics off`` / ``both, hits, metrics off``: the ``both`` stack with
@@ -42,8 +45,9 @@ per task.
   request written to a socket (a command, or a whole pipeline), i.e. one round trip. Each
   connection pool is tagged with its owner (broker, results, cache, storage); workers
   write their counts to a file the producer reads after each round. ``rt/task`` is the
-  workers' plus the producer's send (the LPUSH), without the result polls; the cache's
-  share is shown apart (``cache rt``).
+  workers' plus the producer's (its send, the LPUSH, and its cache look at ``kiq()``),
+  without the result polls; the cache's share, workers' and producer's, is shown apart
+  (``cache rt``).
 
 * CPU: the worker processes' CPU time per task (``utime + stime`` of every process of
   the stack's two worker process groups, every thread included), diffed around each
@@ -228,6 +232,7 @@ ROWS = [
     RowSpec("both + SRB, misses", "both_srb", "e2e.noop"),
     RowSpec("both, hits", "both", "e2e.noop", hits=True),
     RowSpec("both, hits answered at send", "both_send", "e2e.noop", hits=True),
+    RowSpec("both, misses claimed at send", "both_send", "e2e.noop"),
     RowSpec("cpu 1ms bare", "bare", "e2e.cpu", baseline="cpu 1ms bare"),
     RowSpec("cpu 1ms both, misses", "both", "e2e.cpu", baseline="cpu 1ms bare"),
     RowSpec("both, misses, metrics off", "both_off", "e2e.noop", baseline="both, misses"),
@@ -401,7 +406,9 @@ class Producer:
             commands_per_task=round((sum(commands.values()) * tasks - polls) / tasks, 2),
             evalsha_per_task=round(commands.get("evalsha", 0.0), 2),
             round_trips_per_task=round(sum(trips.values()), 2),
-            cache_round_trips_per_task=round(trips.get("worker:cache", 0.0), 2),
+            cache_round_trips_per_task=round(
+                trips.get("worker:cache", 0.0) + trips.get("producer:cache", 0.0), 2
+            ),
             rates=[round(x) for x in rates[spec.name]],
             commands={k: round(v, 3) for k, v in sorted(commands.items())},
             round_trips={k: round(v, 3) for k, v in sorted(trips.items())},

@@ -98,13 +98,16 @@ async def test_a_repeated_read_or_acquire_takes_its_own_lease_for_acquired(
     """What a retried batch does: the script runs again with the same token."""
     cache = RedisCacheAdapter(client=client, lock_timeout=5)
     first = await cache._read_or_acquire("k", "tok")
+    await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 1000)  # most of the lease used up
     again = await cache._read_or_acquire("k", "tok")
     other = await cache._read_or_acquire("k", "someone-else")
     assert first.acquired
-    assert again.holder == "tok"
+    # Its own lease: reported acquired, and renewed to the full lease (5 s) on the way.
+    assert again.acquired
+    assert await client.pttl(DEFAULT_KEY_PREFIX + "lock:k") > 4000
     assert other.holder == "tok"
     assert not other.acquired
-    # The lock takes "held by my own token" for its own lease: it creates, once.
+    # The lock creates under it, once, and releases it.
     calls = 0
 
     def creator() -> str:
@@ -114,6 +117,32 @@ async def test_a_repeated_read_or_acquire_takes_its_own_lease_for_acquired(
 
     assert await cache.get_or_create("k", creator, 60, lease_token="tok") == "made"  # noqa: S106
     assert calls == 1
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
+
+
+async def test_an_adopted_miss_is_two_round_trips_and_renews_the_lease(
+    client: aioredis.Redis,
+) -> None:
+    """A worker adopting the lease a producer claimed at send: first look (which renews
+    it) and commit, the same two scripts as any miss; no renewal of its own."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    await cache.get_or_create("warm-up", lambda: 1, 60)  # loads the scripts
+    claimed = await cache.lookup("k", claim=True)
+    assert claimed.token is not None
+    await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 1000)  # it waited in the queue
+    lease_left: list[int] = []
+
+    async def creator() -> str:
+        lease_left.append(await client.pttl(DEFAULT_KEY_PREFIX + "lock:k"))
+        return "made"
+
+    await client.config_resetstat()
+    assert await cache.get_or_create("k", creator, 60, lease_token=claimed.token) == "made"
+    info: dict[str, Any] = await client.info("commandstats")
+    assert lease_left[0] > 4000  # renewed to the full lease before the creator ran
+    # Two scripts; the creator's PTTL and the stats reset are the rest.
+    assert info["cmdstat_evalsha"]["calls"] == 2
+    assert await cache.get("k") == "made"
     assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
 
 

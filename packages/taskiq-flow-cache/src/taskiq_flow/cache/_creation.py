@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from inspect import CO_COROUTINE
 from types import FunctionType
 from typing import Any
@@ -204,9 +205,9 @@ class _Creation:
 
     async def _create(self, req: _Request, token: str, lease_seconds: float | None) -> Any:
         key, creator, ttl_seconds, stale_ttl, _, _ = req
-        heartbeat: asyncio.Task[None] | None = None
+        heartbeat: _Heartbeat | None = None
         if lease_seconds is not None:
-            heartbeat = asyncio.create_task(self._heartbeat(key, token, lease_seconds))
+            heartbeat = _Heartbeat(self._heartbeat, key, token, lease_seconds)
         try:
             # A plain ``async def`` is awaited here; anything else goes to call_creator.
             if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
@@ -221,13 +222,13 @@ class _Creation:
             payload = encode_entry(key, value, soft_expiry)
         except BaseException as exc:
             if heartbeat is not None:
-                await _stop(heartbeat)
+                await heartbeat.stop()
             if isinstance(exc, Exception):
                 self._stats.creator_errors += 1
             await self._release_quietly(key, token)
             raise
         if heartbeat is not None:
-            await _stop(heartbeat)
+            await heartbeat.stop()
         self._stats.regenerations += 1
         self._landed += 1
         # How long the backend keeps the entry: its TTL plus any stale window, in ms.
@@ -245,9 +246,9 @@ class _Creation:
         return returned
 
     async def _heartbeat(self, key: str, token: str, lease: float) -> None:
+        """Renew the lease now, then every third of its period (run by :class:`_Heartbeat`)."""
         interval = lease / 3
         while True:
-            await asyncio.sleep(interval)
             try:
                 still_held = await self._backend._renew_lease(key, token)
             except _BACKEND_ERRORS as exc:
@@ -261,6 +262,7 @@ class _Creation:
                     key,
                 )
                 return
+            await asyncio.sleep(interval)
 
     async def _release_quietly(self, key: str, token: str) -> None:
         try:
@@ -363,6 +365,42 @@ class _Creation:
 
 def _expiring_ttl(ttl: object) -> int | None:
     return check_ttl(ttl, "Expiring.ttl_seconds", CacheValueError.about)
+
+
+class _Heartbeat:
+    """Keeps a creator's lease alive: a timer until the first renewal is due, then a task.
+
+    Most creators finish within a third of the lease, so most never need the task: a timer
+    handle is cheaper to start and to cancel than a task (created, cancelled, awaited) on
+    every miss.
+    """
+
+    __slots__ = ("_args", "_handle", "_renew", "_task")
+
+    def __init__(
+        self,
+        renew: Callable[[str, str, float], Coroutine[Any, Any, None]],
+        key: str,
+        token: str,
+        lease: float,
+    ) -> None:
+        self._renew = renew
+        self._args = (key, token, lease)
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            lease / 3, self._start
+        )
+
+    def _start(self) -> None:
+        self._handle = None
+        self._task = asyncio.get_running_loop().create_task(self._renew(*self._args))
+
+    async def stop(self) -> None:
+        """Stop renewing (the timer, or the task and its renewal in progress)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        await _stop(self._task)
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

@@ -23,12 +23,18 @@ return {2}
 # The first look of a call (a hit, or a miss that takes the lease in the same round trip).
 # KEYS: value, lease. ARGV: token, lease ms.
 # -> the entry (bulk string) | 2 (acquired) | {holder token}
-# Repeatable: run again with the same token after a dropped connection, it finds its own
-# token holding the lease and says so ({token}), which the lock takes for "acquired".
+# A lease the token holds already (claimed by a producer at send and adopted by the
+# worker, or taken by this very script before a dropped connection made redis-py send it
+# again) is renewed to a full lease and reported acquired: an adopting worker needs no
+# renewal round trip of its own. So the script is repeatable.
 _READ_OR_ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v then return v end
 local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 2
+end
 if holder then return {holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 2

@@ -69,9 +69,11 @@ class LockBackend(Protocol):
 
         Returns the stored entry if there is one (fresh, stale or corrupt: the caller
         decides); otherwise takes the lease for ``token`` or reports its holder. A
-        holder equal to ``token`` means ``token`` holds it (taken earlier for this call,
-        or by a repetition of this very request after a dropped connection). One round
-        trip where the backend allows (a miss then costs this and the commit, no more).
+        lease ``token`` holds already (taken earlier for this call, or by a repetition of
+        this very request after a dropped connection) is either reported as its holder,
+        and the lock renews it (one more round trip), or renewed here to a full lease and
+        reported acquired (the Redis backend, in its one script). One round trip where
+        the backend allows (a miss then costs this and the commit, no more).
         """
 
     async def _acquire_lease(self, key: str, token: str, *, ignore: bytes | None) -> LeaseResult:
