@@ -20,6 +20,7 @@ from taskiq_flow.cache import (
     CacheLockTimeout,
     CacheValueError,
 )
+from taskiq_flow.cache._lease import claim_age, claim_token
 from taskiq_flow.cache.redis import DEFAULT_KEY_PREFIX, RedisCacheAdapter
 from taskiq_flow.cache.stats import LOCK_WAIT
 from taskiq_flow_testing import RedisServer, free_port
@@ -120,16 +121,32 @@ async def test_a_repeated_read_or_acquire_takes_its_own_lease_for_acquired(
     assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
 
 
-async def test_an_adopted_miss_is_two_round_trips_and_renews_the_lease(
-    client: aioredis.Redis,
-) -> None:
-    """A worker adopting the lease a producer claimed at send: first look (which renews
-    it) and commit, the same two scripts as any miss; no renewal of its own."""
+async def test_a_fresh_claim_is_adopted_without_a_look(client: aioredis.Redis) -> None:
+    """A worker adopting the lease a producer claimed at send moments ago: the claim was
+    the look, so the miss costs the worker only its commit."""
     cache = RedisCacheAdapter(client=client, lock_timeout=5)
     await cache.get_or_create("warm-up", lambda: 1, 60)  # loads the scripts
     claimed = await cache.lookup("k", claim=True)
     assert claimed.token is not None
-    await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 1000)  # it waited in the queue
+    misses = cache.get_stats()["misses"]
+    await client.config_resetstat()
+    assert await cache.get_or_create("k", lambda: "made", 60, lease_token=claimed.token) == "made"
+    info: dict[str, Any] = await client.info("commandstats")
+    assert info["cmdstat_evalsha"]["calls"] == 1  # the commit
+    assert await cache.get("k") == "made"
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
+    assert cache.get_stats()["misses"] == misses + 1
+
+
+async def test_an_older_claim_is_looked_at_and_renewed_first(client: aioredis.Redis) -> None:
+    """A claim a third of the lease old or more (its message waited in the queue): the
+    first look renews it to a full lease (in the same script), then the commit."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    await cache.get_or_create("warm-up", lambda: 1, 60)
+    old = f"{int((time.time() - 2) * 1000):x}-{'ab' * 12}"  # drawn 2 s ago: > 5 s / 3
+    assert claim_age(old) == pytest.approx(2, abs=0.5)
+    assert (await cache._read_or_acquire("k", old)).acquired
+    await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 1000)  # 3 s of it used up (and more)
     lease_left: list[int] = []
 
     async def creator() -> str:
@@ -137,13 +154,49 @@ async def test_an_adopted_miss_is_two_round_trips_and_renews_the_lease(
         return "made"
 
     await client.config_resetstat()
-    assert await cache.get_or_create("k", creator, 60, lease_token=claimed.token) == "made"
+    assert await cache.get_or_create("k", creator, 60, lease_token=old) == "made"
     info: dict[str, Any] = await client.info("commandstats")
     assert lease_left[0] > 4000  # renewed to the full lease before the creator ran
-    # Two scripts; the creator's PTTL and the stats reset are the rest.
-    assert info["cmdstat_evalsha"]["calls"] == 2
+    assert info["cmdstat_evalsha"]["calls"] == 2  # first look (renewing), commit
     assert await cache.get("k") == "made"
-    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:k") == 0
+
+
+async def test_a_fresh_claim_whose_lease_went_elsewhere_stores_nothing(
+    client: aioredis.Redis,
+) -> None:
+    """What the skipped look would have seen, the commit sees: the lease is not the
+    claim's any more (invalidated, then taken by another caller), so the adopting worker's
+    value is returned to its caller but not written over the other holder's call."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    claimed = await cache.lookup("k", claim=True)
+    assert claimed.token is not None
+    await client.set(DEFAULT_KEY_PREFIX + "lock:k", "someone-else", px=5000)
+    assert await cache.get_or_create("k", lambda: "mine", 60, lease_token=claimed.token) == "mine"
+    assert await client.exists(DEFAULT_KEY_PREFIX + "v:k") == 0
+    assert await client.get(DEFAULT_KEY_PREFIX + "lock:k") == b"someone-else"
+
+
+async def test_a_slow_creator_under_a_fresh_claim_keeps_its_lease(
+    client: aioredis.Redis,
+) -> None:
+    """No look, so the heartbeat alone keeps the claim alive: first beat a third of the
+    lease after the claim, then every third. A 1.5 s lease, a 2 s creator: stored."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=1.5)
+    claimed = await cache.lookup("slow", claim=True)
+    assert claimed.token is not None
+
+    async def creator() -> str:
+        await asyncio.sleep(2)
+        return "late"
+
+    assert await cache.get_or_create("slow", creator, 60, lease_token=claimed.token) == "late"
+    assert await cache.get("slow") == "late"
+
+
+def test_claim_age_reads_only_claim_tokens() -> None:
+    assert claim_age(claim_token()) == pytest.approx(0, abs=1)
+    for other in ("tok", "", "-", "zz-" + "ab" * 12, "1-short", "a" * 13 + "-" + "ab" * 12):
+        assert claim_age(other) is None
 
 
 async def test_a_commit_whose_lease_was_removed_stores_nothing(client: aioredis.Redis) -> None:

@@ -3,7 +3,8 @@
 Once a caller knows it must create, or wait for whoever does, the rest is here: the wait
 for this process's flight (``_await_flight``), the election over a cross-process lease
 and the wait for its holder (``_fill``), running the creator under a renewed lease and
-committing its value (``_create``), serving a stale entry while one caller regenerates
+committing its value (``_create``; ``_adopt_fresh`` when a producer claimed the lease
+at send moments ago), serving a stale entry while one caller regenerates
 it (``_serve_stale``), and the uncached fallback. :mod:`taskiq_flow.cache.lock` keeps
 the caller's side: the entry points, the first look, leading and joining the in-process
 single flight.
@@ -20,20 +21,23 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
 from inspect import CO_COROUTINE
 from types import FunctionType
-from typing import Any
+from typing import Any, cast
 
 from taskiq_flow.cache._flight import (
     _BACKEND_ERRORS,
     _CREATED,
+    _PENDING,
+    _fail_flight,
+    _land_flight,
     _LeaderGone,
     _Pending,
     _Read,
     _Request,
     _settle,
 )
+from taskiq_flow.cache._lease import Heartbeat, claim_age
 from taskiq_flow.cache.backend import Expiring, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import decode_entry, encode_entry
 from taskiq_flow.cache.errors import CacheLockTimeout, CacheValueError
@@ -203,11 +207,55 @@ class _Creation:
 
     # -- the holder ----------------------------------------------------------------------
 
-    async def _create(self, req: _Request, token: str, lease_seconds: float | None) -> Any:
+    def _fresh(self, token: str) -> float | None:
+        """The age of the claim ``token`` if under a third of the lease, else ``None``."""
+        age = claim_age(token)
+        third = cast(float, self._backend._lease_seconds) / 3
+        return age if age is not None and -third <= age < third else None
+
+    async def _adopt_fresh(self, req: _Request, token: str, age: float) -> Any:
+        """Create under a lease a producer claimed at send less than a third of it ago.
+
+        No first look: the claim is that look, done at ``kiq()``, and the lease has at
+        least two thirds of its period left, so the first heartbeat (due a third of the
+        period after the claim) renews it in time. What the look would have caught, the
+        commit catches: a lease that was removed (an invalidation) or lapsed and went to
+        another caller does not hold ``token``, so this value is not stored (a caller's
+        value is never written over another's lease). A forged or skewed stamp only moves
+        the age: an age the clocks understate by less than two thirds of the period still
+        leaves the first renewal inside the lease.
+        """
+        key = req.key
+        lease_seconds = cast(float, self._backend._lease_seconds)
+        flights = self._flights
+        flights[key] = _PENDING
+        self._stats.misses += 1
+        try:
+            value = await self._create(req, token, lease_seconds, lease_seconds / 3 - max(age, 0))
+        except BaseException as exc:
+            _fail_flight(flights, key, exc)
+            raise
+        _land_flight(flights, key, value)
+        return value
+
+    async def _create(
+        self,
+        req: _Request,
+        token: str,
+        lease_seconds: float | None,
+        first_renewal: float | None = None,
+    ) -> Any:
+        """Run the creator under ``token``'s lease and commit its value.
+
+        The lease is renewed every third of its period; the first time after
+        ``first_renewal`` seconds if given (a lease claimed earlier, at send).
+        """
         key, creator, ttl_seconds, stale_ttl, _, _ = req
-        heartbeat: _Heartbeat | None = None
+        heartbeat: Heartbeat | None = None
         if lease_seconds is not None:
-            heartbeat = _Heartbeat(self._heartbeat, key, token, lease_seconds)
+            heartbeat = Heartbeat(
+                self._backend._renew_lease, key, token, lease_seconds, first_renewal
+            )
         try:
             # A plain ``async def`` is awaited here; anything else goes to call_creator.
             if type(creator) is FunctionType and creator.__code__.co_flags & CO_COROUTINE:
@@ -244,25 +292,6 @@ class _Creation:
                 raise
             logger.warning("could not store the new value of %r; returning it uncached", key)
         return returned
-
-    async def _heartbeat(self, key: str, token: str, lease: float) -> None:
-        """Renew the lease now, then every third of its period (run by :class:`_Heartbeat`)."""
-        interval = lease / 3
-        while True:
-            try:
-                still_held = await self._backend._renew_lease(key, token)
-            except _BACKEND_ERRORS as exc:
-                logger.warning("could not renew the cache lease on %r: %s", key, exc)
-                continue
-            if not still_held:
-                logger.warning(
-                    "lost the cache lease on %r while creating it: it lapsed or the key was "
-                    "invalidated; this value will not be stored, and another caller may run "
-                    "the creator too",
-                    key,
-                )
-                return
-            await asyncio.sleep(interval)
 
     async def _release_quietly(self, key: str, token: str) -> None:
         try:
@@ -365,46 +394,3 @@ class _Creation:
 
 def _expiring_ttl(ttl: object) -> int | None:
     return check_ttl(ttl, "Expiring.ttl_seconds", CacheValueError.about)
-
-
-class _Heartbeat:
-    """Keeps a creator's lease alive: a timer until the first renewal is due, then a task.
-
-    Most creators finish within a third of the lease, so most never need the task: a timer
-    handle is cheaper to start and to cancel than a task (created, cancelled, awaited) on
-    every miss.
-    """
-
-    __slots__ = ("_args", "_handle", "_renew", "_task")
-
-    def __init__(
-        self,
-        renew: Callable[[str, str, float], Coroutine[Any, Any, None]],
-        key: str,
-        token: str,
-        lease: float,
-    ) -> None:
-        self._renew = renew
-        self._args = (key, token, lease)
-        self._task: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            lease / 3, self._start
-        )
-
-    def _start(self) -> None:
-        self._handle = None
-        self._task = asyncio.get_running_loop().create_task(self._renew(*self._args))
-
-    async def stop(self) -> None:
-        """Stop renewing (the timer, or the task and its renewal in progress)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        await _stop(self._task)
-
-
-async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

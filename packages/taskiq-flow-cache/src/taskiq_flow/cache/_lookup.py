@@ -10,11 +10,11 @@ declares the attributes and hooks of the adapter it uses.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from taskiq_flow.cache._checks import check_cache_key
+from taskiq_flow.cache._lease import claim_token
 from taskiq_flow.cache.codec import CacheEntry, decode_entry
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class _Lookups:
             if self._lock.in_flight(key):
                 return CacheLookup("in_flight", holder="")
             return _MISS
-        token = secrets.token_hex(16)
+        token = claim_token()
         lease = await self._acquire_lease(key, token, ignore=None)
         if lease.payload is None:
             if lease.acquired:

@@ -178,7 +178,7 @@ class DogpileLock(_Creation):
         _land_flight(flights, key, value)
         return value
 
-    async def _get_or_create_leased(  # noqa: PLR0917 - get_or_create's arguments
+    async def _get_or_create_leased(  # noqa: PLR0912, PLR0917 - get_or_create's (hot path: one frame)
         self,
         key: str,
         creator: Creator,
@@ -198,6 +198,12 @@ class DogpileLock(_Creation):
         """
         flights = self._flights
         lead = key not in flights
+        if lead and lease_token is not None and (age := self._fresh(lease_token)) is not None:
+            return await self._adopt_fresh(
+                _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token),
+                lease_token,
+                age,
+            )
         if not lead and key not in self._regenerating:
             return await self._join(
                 key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token
