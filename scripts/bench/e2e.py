@@ -1,6 +1,6 @@
 """End to end: the full stack vs the bare taskiq-redis broker, with real worker processes.
 
-    uv run python scripts/bench/e2e.py [--json] [--quick] [--tasks N] [--rounds R]
+    uv run python scripts/bench/e2e.py [--json] [--quick] [--tasks N] [--rounds R] [--row NAME]...
 
 A private ``redis-server`` holds everything (queue, results, cache, records). Per stack,
 two real ``taskiq worker`` processes (this module is also their app: ``e2e:create_broker``)
@@ -505,7 +505,20 @@ def main() -> int:
     parser.add_argument(
         "--no-coalesce", action="store_true", help="turn the Redis connections' coalescing off"
     )
+    parser.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this row (repeatable; its baseline runs too)",
+    )
     args = parser.parse_args()
+    if args.row:
+        unknown = set(args.row) - {spec.name for spec in ROWS}
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}; rows: {[s.name for s in ROWS]}")
+        wanted = set(args.row) | {spec.baseline for spec in ROWS if spec.name in args.row}
+        ROWS[:] = [spec for spec in ROWS if spec.name in wanted]
     if args.no_coalesce:
         os.environ["E2E_COALESCE"] = "0"  # this process and the workers it starts
     n, rounds = (100, 2) if args.quick else (2000, 7)

@@ -93,6 +93,21 @@ async def test_a_coalesced_batch_of_hits_and_misses_is_one_round_trip(
     assert cache.connection.coalescer.batches == batches + 1
 
 
+async def test_concurrent_claims_at_send_share_one_round_trip(client: aioredis.Redis) -> None:
+    """A producer kicking many calls at once: their looks (lookup with claim) coalesce."""
+    cache = RedisCacheAdapter(client=client)
+    await cache.get_or_create("warm-up", lambda: 1, 60)
+    await cache.set("hit", "cached")
+    batches = cache.connection.coalescer.batches
+    found = await asyncio.gather(
+        cache.lookup("hit", claim=True), *(cache.lookup(f"m{i}", claim=True) for i in range(9))
+    )
+    assert found[0].state == "hit"
+    assert [f.state for f in found[1:]] == ["miss"] * 9
+    assert all(f.token is not None for f in found[1:])
+    assert cache.connection.coalescer.batches == batches + 1
+
+
 async def test_a_repeated_read_or_acquire_takes_its_own_lease_for_acquired(
     client: aioredis.Redis,
 ) -> None:

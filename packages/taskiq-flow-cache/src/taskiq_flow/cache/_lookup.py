@@ -72,6 +72,8 @@ class _Lookups:
             self, key: str, token: str, *, ignore: bytes | None
         ) -> LeaseResult: ...
 
+        async def _read_or_acquire(self, key: str, token: str) -> LeaseResult: ...
+
         async def _commit(
             self, key: str, token: str, payload: bytes | None, ttl_ms: int | None
         ) -> None: ...
@@ -117,7 +119,8 @@ class _Lookups:
                 return CacheLookup("in_flight", holder="")
             return _MISS
         token = claim_token()
-        lease = await self._acquire_lease(key, token, ignore=None)
+        # The worker's first look: one script, coalesced with the other lookups in flight.
+        lease = await self._read_or_acquire(key, token)
         if lease.payload is None:
             if lease.acquired:
                 return CacheLookup("miss", token=token)
