@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -158,8 +159,8 @@ async def test_an_older_claim_is_looked_at_and_renewed_first(client: aioredis.Re
     first look renews it to a full lease (in the same script), then the commit."""
     cache = RedisCacheAdapter(client=client, lock_timeout=5)
     await cache.get_or_create("warm-up", lambda: 1, 60)
-    old = f"{int((time.time() - 2) * 1000):x}-{'ab' * 12}"  # drawn 2 s ago: > 5 s / 3
-    assert claim_age(old) == pytest.approx(2, abs=0.5)
+    old = _claim("k", age=2, lease_ms=5000)  # drawn 2 s ago: past 5 s / 3
+    assert claim_age(old, "k") == (pytest.approx(2, abs=0.5), 5)
     assert (await cache._read_or_acquire("k", old)).acquired
     await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 1000)  # 3 s of it used up (and more)
     lease_left: list[int] = []
@@ -191,27 +192,123 @@ async def test_a_fresh_claim_whose_lease_went_elsewhere_stores_nothing(
     assert await client.get(DEFAULT_KEY_PREFIX + "lock:k") == b"someone-else"
 
 
-async def test_a_slow_creator_under_a_fresh_claim_keeps_its_lease(
+def _claim(key: str, *, age: float, lease_ms: int) -> str:
+    """A claim token for ``key`` drawn ``age`` seconds ago (what claim_token makes)."""
+    drawn = int((time.time() - age) * 1000)
+    return f"{drawn:x}.{lease_ms:x}.{zlib.crc32(key.encode()):08x}.{'ab' * 10}"
+
+
+async def test_a_fresh_claim_gets_its_first_renewal_a_third_of_the_lease_after_the_claim(
     client: aioredis.Redis,
 ) -> None:
-    """No look, so the heartbeat alone keeps the claim alive: first beat a third of the
-    lease after the claim, then every third. A 1.5 s lease, a 2 s creator: stored."""
-    cache = RedisCacheAdapter(client=client, lock_timeout=1.5)
-    claimed = await cache.lookup("slow", claim=True)
+    """No look: nothing is asked before the creator runs, and the heartbeat's first beat
+    is due a third of the lease after the claim, not after the worker started."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=3)
+    await cache.get_or_create("warm-up", lambda: 1, 60)
+    token = _claim("k", age=0.9, lease_ms=3000)  # first renewal due 0.1 s from now
+    assert (await cache._read_or_acquire("k", token)).acquired
+    await client.pexpire(DEFAULT_KEY_PREFIX + "lock:k", 2100)  # the claim's lease, 0.9 s on
+    seen: dict[str, int] = {}
+
+    async def creator() -> str:
+        info: dict[str, Any] = await client.info("commandstats")
+        seen["scripts_before"] = info.get("cmdstat_evalsha", {}).get("calls", 0)
+        await asyncio.sleep(0.5)
+        seen["lease_left"] = await client.pttl(DEFAULT_KEY_PREFIX + "lock:k")
+        return "made"
+
+    await client.config_resetstat()
+    assert await cache.get_or_create("k", creator, 60, lease_token=token) == "made"
+    assert seen["scripts_before"] == 0  # no first look
+    assert seen["lease_left"] > 2300  # renewed to 3 s at ~0.1 s (else ~1,600 ms left)
+    assert await cache.get("k") == "made"
+
+
+async def test_a_claim_for_another_key_is_looked_at(client: aioredis.Redis) -> None:
+    """A worker that computed another key than its producer (a changed task under
+    key_version="source") does not create under the producer's claim: its first look
+    takes the key's lease, and the value is stored."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    claimed = await cache.lookup("producer-key", claim=True)
+    assert claimed.token is not None
+    assert claim_age(claimed.token, "worker-key") is None
+    assert (
+        await cache.get_or_create("worker-key", lambda: "v", 60, lease_token=claimed.token) == "v"
+    )
+    assert await cache.get("worker-key") == "v"
+
+
+async def test_a_claim_takes_the_shorter_of_the_two_leases(client: aioredis.Redis) -> None:
+    """A producer with a 1 s lease, a worker with 9 s: the worker's first renewal is due
+    a third of the claim's 1 s, so a 1.2 s creator keeps the lease and its value is stored."""
+    producer = RedisCacheAdapter(client=client, lock_timeout=1)
+    worker = RedisCacheAdapter(client=client, lock_timeout=9)
+    claimed = await producer.lookup("k", claim=True)
     assert claimed.token is not None
 
     async def creator() -> str:
-        await asyncio.sleep(2)
-        return "late"
+        await asyncio.sleep(1.2)
+        return "slow"
 
-    assert await cache.get_or_create("slow", creator, 60, lease_token=claimed.token) == "late"
-    assert await cache.get("slow") == "late"
+    assert await worker.get_or_create("k", creator, 60, lease_token=claimed.token) == "slow"
+    assert await worker.get("k") == "slow"
+
+
+async def test_a_stale_entrys_regeneration_claim_serves_the_stale_value_meanwhile(
+    client: aioredis.Redis,
+) -> None:
+    """The claim of a stale entry's one regeneration is not claim-shaped: the worker
+    regenerating it takes the first look, so its process's other callers get the stale
+    value at once instead of waiting for the new one."""
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    assert await cache.get_or_create("s", lambda: "old", 1, stale_ttl=60) == "old"
+    await asyncio.sleep(1.1)
+    found = await cache.lookup("s", claim=True)
+    assert (found.state, found.value) == ("stale", "old")
+    assert found.token is not None
+    assert claim_age(found.token, "s") is None
+
+    async def regenerate() -> str:
+        await asyncio.sleep(0.5)
+        return "new"
+
+    refresh = asyncio.create_task(
+        cache.get_or_create("s", regenerate, 1, stale_ttl=60, lease_token=found.token)
+    )
+    await asyncio.sleep(0.1)
+    # "new" would mean it joined the regeneration and waited for it.
+    assert await cache.get_or_create("s", lambda: "other", 1, stale_ttl=60) == "old"
+    assert await refresh == "new"
+
+
+async def test_a_failing_creator_under_a_fresh_claim_fails_its_joiners_and_releases(
+    client: aioredis.Redis,
+) -> None:
+    cache = RedisCacheAdapter(client=client, lock_timeout=5)
+    claimed = await cache.lookup("f", claim=True)
+    assert claimed.token is not None
+
+    async def failing() -> str:
+        await asyncio.sleep(0.2)
+        raise ValueError("boom")
+
+    leader = asyncio.create_task(cache.get_or_create("f", failing, 60, lease_token=claimed.token))
+    await asyncio.sleep(0.05)
+    joiner = asyncio.create_task(cache.get_or_create("f", lambda: "never", 60))
+    with pytest.raises(ValueError, match="boom"):
+        await leader
+    with pytest.raises(ValueError, match="boom"):
+        await joiner
+    assert await client.exists(DEFAULT_KEY_PREFIX + "lock:f") == 0
 
 
 def test_claim_age_reads_only_claim_tokens() -> None:
-    assert claim_age(claim_token()) == pytest.approx(0, abs=1)
-    for other in ("tok", "", "-", "zz-" + "ab" * 12, "1-short", "a" * 13 + "-" + "ab" * 12):
-        assert claim_age(other) is None
+    token = claim_token("k", 5000)
+    assert claim_age(token, "k") == (pytest.approx(0, abs=1), 5)
+    assert claim_age(token, "other") is None
+    others = ("tok", "", "...", "zz.1388.00000000." + "ab" * 10, "1.2.3", " " + token, 42)
+    for other in (*others, token.upper(), token + "0"):
+        assert claim_age(other, "k") is None
 
 
 async def test_a_commit_whose_lease_was_removed_stores_nothing(client: aioredis.Redis) -> None:

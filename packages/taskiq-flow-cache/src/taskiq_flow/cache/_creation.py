@@ -37,7 +37,7 @@ from taskiq_flow.cache._flight import (
     _Request,
     _settle,
 )
-from taskiq_flow.cache._lease import Heartbeat, claim_age
+from taskiq_flow.cache._lease import Heartbeat
 from taskiq_flow.cache.backend import Expiring, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import decode_entry, encode_entry
 from taskiq_flow.cache.errors import CacheLockTimeout, CacheValueError
@@ -207,31 +207,29 @@ class _Creation:
 
     # -- the holder ----------------------------------------------------------------------
 
-    def _fresh(self, token: str) -> float | None:
-        """The age of the claim ``token`` if under a third of the lease, else ``None``."""
-        age = claim_age(token)
-        third = cast(float, self._backend._lease_seconds) / 3
-        return age if age is not None and -third <= age < third else None
-
-    async def _adopt_fresh(self, req: _Request, token: str, age: float) -> Any:
+    async def _adopt_fresh(self, req: _Request, token: str, fresh: tuple[float, float]) -> Any:
         """Create under a lease a producer claimed at send less than a third of it ago.
 
-        No first look: the claim is that look, done at ``kiq()``, and the lease has at
+        No first look: the claim was that look, done at ``kiq()``, and the lease has at
         least two thirds of its period left, so the first heartbeat (due a third of the
-        period after the claim) renews it in time. What the look would have caught, the
-        commit catches: a lease that was removed (an invalidation) or lapsed and went to
-        another caller does not hold ``token``, so this value is not stored (a caller's
-        value is never written over another's lease). A forged or skewed stamp only moves
-        the age: an age the clocks understate by less than two thirds of the period still
-        leaves the first renewal inside the lease.
+        lease after the claim) renews it in time. The trade: the look would also have
+        seen a change made since the claim, which now only the commit sees. A lease that
+        an invalidation removed, or that lapsed and went to another caller, does not
+        hold ``token``, so this value is returned but not stored; a value written since
+        (``set()``, another caller's commit after an invalidation) is computed again.
+        Both need an invalidation or a direct write within a third of the lease after
+        the claim. A skewed or forged stamp only moves the age: an age the clocks
+        understate by well under two thirds of the lease still leaves the first renewal
+        inside it.
         """
         key = req.key
         lease_seconds = cast(float, self._backend._lease_seconds)
+        age, third = fresh
         flights = self._flights
         flights[key] = _PENDING
         self._stats.misses += 1
         try:
-            value = await self._create(req, token, lease_seconds, lease_seconds / 3 - max(age, 0))
+            value = await self._create(req, token, lease_seconds, third - max(age, 0.0))
         except BaseException as exc:
             _fail_flight(flights, key, exc)
             raise

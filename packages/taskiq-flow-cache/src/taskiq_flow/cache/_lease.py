@@ -10,39 +10,69 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 
 from taskiq_flow.cache._flight import _BACKEND_ERRORS
 
-__all__ = ["Heartbeat", "claim_age", "claim_token"]
+__all__ = ["Heartbeat", "claim_age", "claim_token", "fresh_claim"]
 
 logger = logging.getLogger("taskiq_flow.cache")
 
 
-def claim_token() -> str:
-    """A lease token for a claim at send: when it was drawn (wall-clock ms, hex), a random part.
+_CLAIM = re.compile(r"([0-9a-f]{1,12})\.([0-9a-f]{1,8})\.([0-9a-f]{8})\.[0-9a-f]{20}")
 
-    The time lets the worker that adopts the claim tell a fresh lease from one that may
-    have lapsed while its message waited in the queue (see :func:`claim_age`).
+
+def claim_token(key: str, lease_ms: int) -> str:
+    """A lease token for a claim at send: ``drawn.lease.check.random`` (hex).
+
+    ``drawn``: the wall-clock millisecond it was drawn; ``lease``: the lease it takes, in
+    ms; ``check``: a CRC-32 of ``key``; then 80 random bits. They let the worker that
+    adopts the claim tell a lease it may create under without asking again from one that
+    may have lapsed while its message waited, or that is not this key's (the worker
+    computed another key: a changed task under ``key_version="source"``) — see
+    :func:`claim_age`.
     """
-    return f"{int(time.time() * 1000):x}-{secrets.token_hex(12)}"
+    check = zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    return f"{int(time.time() * 1000):x}.{lease_ms:x}.{check:08x}.{secrets.token_hex(10)}"
 
 
-def claim_age(token: str) -> float | None:
-    """Seconds since :func:`claim_token` drew ``token``; ``None`` for any other token.
+def claim_age(token: object, key: str) -> tuple[float, float] | None:
+    """``(seconds since drawn, lease seconds)`` of a :func:`claim_token` for ``key``.
+
+    ``None`` for any other token: another shape (an older producer's, the lock's own, a
+    stale entry's regeneration claim), or a claim for another key.
 
     Wall clocks: producer's and worker's. A skew between the two hosts only moves the
-    age; see ``DogpileLock._adopt_fresh`` for why that stays safe.
+    age; see ``_Creation._adopt_fresh`` for why that stays safe.
     """
-    stamp, dash, rest = token.partition("-")
-    if not dash or len(rest) != 24 or not 0 < len(stamp) <= 12:
+    if type(token) is not str:
         return None
-    try:
-        return time.time() - int(stamp, 16) / 1000
-    except ValueError:
+    parts = _CLAIM.fullmatch(token)
+    if parts is None:
         return None
+    stamp, lease, check = parts.groups()
+    if int(check, 16) != zlib.crc32(key.encode("utf-8", "surrogatepass")):
+        return None
+    return time.time() - int(stamp, 16) / 1000, int(lease, 16) / 1000
+
+
+def fresh_claim(token: str, key: str, lease: float) -> tuple[float, float] | None:
+    """``(age, a third of the lease)`` of a claim on ``key`` fresh enough to adopt.
+
+    Fresh: drawn less than a third of the lease ago, the shorter of ``lease`` (the
+    adopting adapter's) and the one the claim took (a producer configured with a shorter
+    ``lock_timeout`` took a shorter lease). ``None``: ask the backend first.
+    """
+    found = claim_age(token, key)
+    if found is None:
+        return None
+    age, claimed = found
+    third = min(lease, claimed) / 3
+    return (age, third) if -third <= age < third else None
 
 
 class Heartbeat:
@@ -101,7 +131,11 @@ class Heartbeat:
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
+    if task is None:
+        return
+    if task.done():
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("the cache lease heartbeat failed", exc_info=task.exception())
         return
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

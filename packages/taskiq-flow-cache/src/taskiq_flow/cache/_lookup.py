@@ -10,6 +10,7 @@ declares the attributes and hooks of the adapter it uses.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -118,7 +119,7 @@ class _Lookups:
             if self._lock.in_flight(key):
                 return CacheLookup("in_flight", holder="")
             return _MISS
-        token = claim_token()
+        token = claim_token(key, round(self._lease_seconds * 1000))
         # The worker's first look: one script, coalesced with the other lookups in flight.
         lease = await self._read_or_acquire(key, token)
         if lease.payload is None:
@@ -133,6 +134,9 @@ class _Lookups:
         if entry.soft_expiry is None or time.time() < entry.soft_expiry:
             return self._found(entry, None)
         # Stale: claim its one regeneration (unless another caller holds it, or refreshed it).
+        # A token of no claim shape: the worker that regenerates takes the first look,
+        # which serves the stale value to its process's other callers meanwhile.
+        token = secrets.token_hex(16)
         refresh = await self._acquire_lease(key, token, ignore=lease.payload)
         if refresh.payload is not None:
             newer = decode_entry(key, refresh.payload)

@@ -62,6 +62,7 @@ from taskiq_flow.cache._flight import (
     _Read,
     _Request,
 )
+from taskiq_flow.cache._lease import fresh_claim
 from taskiq_flow.cache.backend import Creator, LeaseResult, LockBackend, call_creator
 from taskiq_flow.cache.codec import CacheEntry, decode_entry
 from taskiq_flow.cache.stats import CacheStats
@@ -198,11 +199,15 @@ class DogpileLock(_Creation):
         """
         flights = self._flights
         lead = key not in flights
-        if lead and lease_token is not None and (age := self._fresh(lease_token)) is not None:
+        if (
+            lead
+            and lease_token
+            and (fresh := fresh_claim(lease_token, key, cast(float, self._backend._lease_seconds)))
+        ):
             return await self._adopt_fresh(
                 _Request(key, creator, ttl_seconds, stale_ttl, fallback_on_error, lease_token),
                 lease_token,
-                age,
+                fresh,
             )
         if not lead and key not in self._regenerating:
             return await self._join(

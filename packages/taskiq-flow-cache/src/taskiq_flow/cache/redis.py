@@ -4,7 +4,8 @@ Keys, all under ``key_prefix`` (default ``taskiq_flow_cache:``, disjoint from th
 package's ``taskiq_flow:``):
 
 - ``{prefix}v:{key}`` — the encoded entry, with a native ``PX`` hard expiry;
-- ``{prefix}lock:{key}`` — the lease: a random token, ``SET NX PX lock_timeout``;
+- ``{prefix}lock:{key}`` — the lease: a unique token (see :mod:`taskiq_flow.cache._lease`
+  for a claim at send's), ``SET NX PX lock_timeout``;
 - ``{prefix}wake:{key}:{token}`` — the wake-up list of one lease: on release the holder
   pushes one element; every waiter blocks on it with ``BLMOVE list list LEFT RIGHT``, a
   rotation, so the single element wakes each blocked waiter in turn and stays for late
