@@ -41,6 +41,28 @@ def test_result_backend_bench_runs(redis_url: str) -> None:
     assert all(r["ours_per_s"] > 0 and r["baseline_per_s"] > 0 for r in rows)
 
 
+def test_redis_client_bench_runs(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "redis_client.py"), "--quick", "--json",
+         "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {r["op"]: r for r in json.loads(done.stdout)["rows"]}
+    assert set(rows) == {
+        "execute_command GET",
+        "connection GET",
+        "2 x execute_command GET",
+        "pipeline of 1",
+        "pipeline of 2",
+    }
+    assert all(r["client_cpu_us"] > 0 for r in rows.values())
+    assert rows["execute_command GET"]["ratio"] == 1.0
+
+
 def test_e2e_bench_runs() -> None:
     if shutil.which("redis-server") is None:  # e2e.py reads INFO of a server of its own
         redis_url_or_skip("no redis-server on PATH (scripts/bench/e2e.py starts its own)")
