@@ -82,6 +82,7 @@ async def test_invalidate_by_call_task_tag_and_cli_on_running_workers(
     runs = Runs(app, client)
     try:
         await app.broker.startup()
+        await shared._up(app, client, workers)
         assert (await runs.square(3), await runs.square(4), await runs.quick(1)) == (1, 1, 1)
         assert (await runs.square(3), await runs.square(4), await runs.quick(1)) == (1, 1, 1)
 
@@ -143,6 +144,7 @@ async def test_bad_input_against_running_workers(
     runs = Runs(app, client)
     try:
         await app.broker.startup()
+        await shared._up(app, client, workers)
         # An empty tag and 10,000 tags: the call runs, uncached (one warning per worker).
         many = ",".join(f"t{i}" for i in range(10_000))
         for tags in ("", "a,,b", many):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from taskiq_flow_testing import RedisServer, WorkerProcess
+from taskiq_flow_testing import RedisServer, WorkerProcess, wait_workers_up
 
 APP_DIR = Path(__file__).parent / "apps"
 
@@ -25,6 +25,15 @@ def _workers(env: dict[str, str], tmp_path: Path, n: int = 2) -> list[WorkerProc
         ).start()
         for i in range(n)
     ]
+
+
+async def _up(app, client: aioredis.Redis, workers: list[WorkerProcess]) -> None:
+    """Wait for every worker's startup signal (a slow start is not a lost task)."""
+
+    async def count() -> int:
+        return int(await client.get(app.WORKERS_UP) or 0)
+
+    await wait_workers_up(count, workers)
 
 
 def _producer_broker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
@@ -49,6 +58,7 @@ async def test_hundred_identical_tasks_two_workers_run_once(
     client = aioredis.from_url(redis_url)
     try:
         await app.broker.startup()
+        await _up(app, client, workers)
         sent = await asyncio.gather(*(app.slow_square.kiq(12) for _ in range(100)))
         results = await asyncio.gather(*(t.wait_result(timeout=60) for t in sent))
         assert all(not r.is_err for r in results), [r.error for r in results if r.is_err][:3]
@@ -75,8 +85,10 @@ async def test_storage_server_killed_mid_run(redis_url, tmp_path, monkeypatch) -
         workers = _workers(env, tmp_path)
         app = _producer_broker(env, monkeypatch)
         storage_client = aioredis.from_url(storage_server.url)
+        client = aioredis.from_url(redis_url)
         try:
             await app.broker.startup()
+            await _up(app, client, workers)
             first = [await app.quick.kiq(i) for i in range(20)]
             for t in first:
                 assert not (await t.wait_result(timeout=30)).is_err
@@ -109,5 +121,6 @@ async def test_storage_server_killed_mid_run(redis_url, tmp_path, monkeypatch) -
                 w.stop()
             await app.broker.shutdown()
             await storage_client.aclose()
+            await client.aclose()
         logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
         assert "storage write failed" in logs

@@ -11,6 +11,7 @@ import asyncio
 import os
 
 import redis.asyncio as aioredis
+from taskiq import TaskiqEvents
 from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_flow.cache import RedisCacheAdapter
@@ -35,6 +36,14 @@ broker.add_middlewares(
 )
 
 _counter = aioredis.from_url(REDIS_URL)
+
+WORKERS_UP = f"it:workers_up:{QUEUE}"
+"""INCRed by each worker once started: the tests kick only after every worker is up."""
+
+
+@broker.on_event(TaskiqEvents.WORKER_STARTUP)
+async def _announce(_state: object) -> None:
+    await _counter.incr(WORKERS_UP)
 
 
 @broker.task

@@ -3,7 +3,12 @@
 from taskiq_flow_testing.brokers import list_queue_broker
 from taskiq_flow_testing.redis_server import RedisServer, free_port, redis_url_or_skip
 from taskiq_flow_testing.topologies import RedisClusterServers, SentinelServers, free_low_port
-from taskiq_flow_testing.workers import WorkerProcess, group_cpu_seconds, group_rss_kib
+from taskiq_flow_testing.workers import (
+    WorkerProcess,
+    group_cpu_seconds,
+    group_rss_kib,
+    wait_workers_up,
+)
 
 __all__ = [
     "RedisClusterServers",
@@ -16,4 +21,5 @@ __all__ = [
     "group_rss_kib",
     "list_queue_broker",
     "redis_url_or_skip",
+    "wait_workers_up",
 ]

@@ -7,13 +7,14 @@ period, then SIGKILL to the group.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -103,6 +104,28 @@ class WorkerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def wait_workers_up(
+    count: Callable[[], Awaitable[int]],
+    workers: Sequence[WorkerProcess],
+    *,
+    within: float = 90.0,
+) -> None:
+    """Wait until ``count()`` reaches ``len(workers)``; fail at once if one of them dies.
+
+    ``count`` reads what the workers' ``WORKER_STARTUP`` handlers signalled (an ``INCR``
+    of a key of the test's, say). Kick only after it: on a loaded machine a worker can
+    take longer to start than a test's wait for its first result.
+    """
+    async with asyncio.timeout(within):
+        while await count() < len(workers):
+            dead = [w for w in workers if not w.alive]
+            if dead:
+                logs = "".join(w.log_path.read_text(errors="replace") for w in dead if w.log_path)
+                msg = f"{len(dead)} worker(s) died at startup:\n{logs[-3000:]}"
+                raise AssertionError(msg)
+            await asyncio.sleep(0.05)
 
 
 def _group_members(pgid: int) -> Iterator[Path]:
