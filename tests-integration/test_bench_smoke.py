@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,17 +22,22 @@ BENCH = Path(__file__).parents[1] / "scripts" / "bench"
 pytestmark = pytest.mark.redis
 
 
-def test_result_backend_bench_runs(redis_url: str) -> None:
+def _bench(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run ``scripts/bench/SCRIPT --quick --json ARGS``; its JSON report (it must succeed)."""
     done = subprocess.run(
-        [sys.executable, str(BENCH / "result_backend.py"), "--quick", "--json",
-         "--redis-url", redis_url],
+        [sys.executable, str(BENCH / script), "--quick", "--json", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_result_backend_bench_runs(redis_url: str) -> None:
+    report = _bench("result_backend.py", "--redis-url", redis_url)
     rows = report["rows"]
     assert {(r["payload"], r["mode"]) for r in rows} == {
         (payload, mode)
@@ -42,16 +48,7 @@ def test_result_backend_bench_runs(redis_url: str) -> None:
 
 
 def test_redis_client_bench_runs(redis_url: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "redis_client.py"), "--quick", "--json",
-         "--redis-url", redis_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    rows = {r["op"]: r for r in json.loads(done.stdout)["rows"]}
+    rows = {r["op"]: r for r in _bench("redis_client.py", "--redis-url", redis_url)["rows"]}
     assert set(rows) == {
         "execute_command GET",
         "connection GET",
@@ -66,15 +63,7 @@ def test_redis_client_bench_runs(redis_url: str) -> None:
 def test_e2e_bench_runs() -> None:
     if shutil.which("redis-server") is None:  # e2e.py reads INFO of a server of its own
         redis_url_or_skip("no redis-server on PATH (scripts/bench/e2e.py starts its own)")
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "e2e.py"), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = {r["name"]: r for r in json.loads(done.stdout)["rows"]}
+    rows = {r["name"]: r for r in _bench("e2e.py", timeout=300)["rows"]}
     assert set(rows) >= {
         "bare",
         "both, misses",

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from taskiq_flow.middlewares import PipelineCancelledError, PipelineMiddleware
-from taskiq_flow_testing import WorkerProcess
+from taskiq_flow_testing import WorkerProcess, wait_workers_up
 
 APP_DIR = Path(__file__).parent / "pipeline_app"
 # A step's lease. Under a loaded CI machine (the whole suite on two cores) a live step
@@ -76,11 +76,11 @@ class Cluster:
     async def ready(self) -> None:
         """Wait until every worker started so far has run its startup (up to 60 s)."""
         key = self.app.WORKERS_UP.format(queue=self.queue)
-        async with asyncio.timeout(60):
-            while int(await self.client.get(key) or 0) < self.started:
-                dead = [w for w in self.workers if not w.alive]
-                assert not dead, f"a worker died at startup:\n{self.logs()[-3000:]}"
-                await asyncio.sleep(0.05)
+
+        async def count() -> int:
+            return int(await self.client.get(key) or 0)
+
+        await wait_workers_up(count, self.workers, within=60)
 
     async def count(self, key: str) -> int:
         return int(await self.client.get(key) or 0)
